@@ -1,0 +1,611 @@
+"""Sentence-pair tasks: a registry, data loading and the official metrics.
+
+Every task is loaded as a :class:`datasets.Dataset` with exactly three columns, in the source file's row order::
+
+    sentence1 (str), sentence2 (str), label (int class id for classification, float score for regression)
+
+Tasks: GLUE's ``mrpc``, ``qqp``, ``stsb``, ``mnli``, ``qnli``, ``rte``; ``sick-e`` (3-way entailment) and ``sick-r``
+(relatedness 1-5) from SentEval's copy of SICK; and ``qqp-subset``, a seeded held-out split of a 23,497-row sample of
+GLUE QQP *train* (for machines without the full QQP files: its numbers are "QQP subset" numbers, never GLUE dev).
+
+Where the data comes from (``load_task(name, split, data_dir=None, path=None)``):
+
+* ``path`` given: that one file, read with the column layout of ``split`` (e.g. the LM-BFF k-shot samples, which are
+  GLUE TSVs: ``load_task("mnli", "train", path=".../glue/MNLI/lmbff_k-shot/16-42/train.tsv")``).
+* ``data_dir`` given (or, when it is None, the environment variable ``ST_DSE_DATA_DIR``): local files. ``data_dir`` may
+  be the data root (holding ``glue/``, ``stsbenchmark/``, ``senteval/``), the GLUE folder itself (holding ``MRPC/``,
+  ``STS-B/``, ... as GLUE's ``download_glue_data.py`` writes it; the other sources are then looked up next to it), or a
+  folder holding the split's file directly (``train.tsv``, ``dev.tsv``, ``dev_matched.tsv``: a k-shot folder).
+* neither: the Hugging Face hub, ``datasets.load_dataset("nyu-mll/glue", config)``. SICK, the STS-B gold test set and
+  ``qqp-subset`` exist only as local files.
+
+Labels follow the Hugging Face GLUE convention (e.g. RTE/QNLI ``entailment`` = 0), so hub and local data agree.
+Binary tasks use one head output (``num_labels`` = 1, class 1 when the logit is > 0), k-way tasks k outputs and
+regression one (the score).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "ST_DSE_DATA_DIR"
+HUB_GLUE = "nyu-mll/glue"
+
+# qqp-subset: the validation part is the 10% of rows whose sha256("<seed>:<row index>") sorts first. Hashing (rather
+# than a numpy/random permutation) keeps the split identical across library versions and platforms.
+QQP_SUBSET_VALIDATION_FRACTION = 0.1
+QQP_SUBSET_SEED = 42
+
+GLUE_SOURCE = (
+    "the GLUE data (https://gluebenchmark.com/tasks, e.g. via download_glue_data.py), laid out as "
+    "<data-dir>/glue/<TASK>/<file> or <data-dir>/<TASK>/<file>; pass that folder with --data-dir / data_dir= "
+    f"(or set {DATA_DIR_ENV}), or leave it unset to download from the Hugging Face hub"
+)
+SENTEVAL_SOURCE = (
+    "SentEval's data (SentEval/data/downstream/get_transfer_data.bash), laid out as "
+    "<data-dir>/senteval/data/downstream/SICK/<file>; pass the data root with --data-dir / data_dir= "
+    f"(or set {DATA_DIR_ENV})"
+)
+STSBENCHMARK_SOURCE = (
+    "the STS Benchmark release (https://ixa2.si.ehu.eus/stswiki, stsbenchmark.tar.gz; GLUE's STS-B test.tsv has no "
+    "gold scores), laid out as <data-dir>/stsbenchmark/sts-test.csv; pass the data root with --data-dir / data_dir= "
+    f"(or set {DATA_DIR_ENV})"
+)
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """Where one split lives on disk and which columns hold the pair and the label.
+
+    ``relative_path`` is relative to the data root. Columns are header names when ``has_header``, else 0-based indices.
+    ``column_counts`` lists the allowed number of columns per row (empty: exactly as many as the header has).
+    ``heldout_part`` ("train" or "validation") selects one side of the seeded qqp-subset split of the file.
+    ``repair_space_separated_label``: repair rows whose last tab became a space (the QQP subset's first line).
+    ``source`` says where the file comes from when that differs from the task's ``data_source``.
+    """
+
+    relative_path: str
+    sentence1: str | int
+    sentence2: str | int
+    label: str | int
+    has_header: bool = True
+    column_counts: tuple[int, ...] = ()
+    heldout_part: str | None = None
+    repair_space_separated_label: bool = False
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything st_dse needs to know about one sentence-pair task.
+
+    ``num_labels`` is the number of PairHead outputs: 1 for binary tasks (one logit, class 1 when > 0) and regression,
+    k for k-way classification. ``label_names[i]`` is the name of class id i (empty for regression). ``metrics`` are
+    the task's official metrics (on a 0-100 scale), ``main_metric`` the one used to pick checkpoints and to summarise.
+    ``splits`` are the labelled splits; ``hub_splits`` those that can be downloaded from ``hub_dataset``.
+    """
+
+    name: str
+    description: str
+    hub_dataset: str | None
+    hub_config: str | None
+    hub_text_columns: tuple[str, str]
+    label_names: tuple[str, ...]
+    num_labels: int
+    problem_type: str  # "binary", "multiclass" or "regression"
+    metrics: tuple[str, ...]
+    main_metric: str
+    splits: tuple[str, ...]
+    hub_splits: tuple[str, ...]
+    local_files: dict[str, LocalFile] = field(hash=False, repr=False)
+    data_source: str = GLUE_SOURCE
+
+    @property
+    def is_regression(self) -> bool:
+        return self.problem_type == "regression"
+
+
+def _glue_files(
+    folder: str, sentence1: str, sentence2: str, label: str, dev_files: dict[str, str] | None = None
+) -> dict[str, LocalFile]:
+    dev_files = dev_files or {"validation": "dev.tsv"}
+    files = {"train": "train.tsv", **dev_files}
+    return {split: LocalFile(f"glue/{folder}/{name}", sentence1, sentence2, label) for split, name in files.items()}
+
+
+def _sick_files(label_column: str) -> dict[str, LocalFile]:
+    names = {"train": "SICK_train.txt", "validation": "SICK_trial.txt", "test": "SICK_test_annotated.txt"}
+    return {
+        split: LocalFile(f"senteval/data/downstream/SICK/{name}", "sentence_A", "sentence_B", label_column)
+        for split, name in names.items()
+    }
+
+
+_NLI_LABELS = ("entailment", "neutral", "contradiction")
+_QQP_SUBSET_FILE = "glue/QQP/train_subset/new_dev.tsv"
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in [
+        TaskSpec(
+            name="mrpc",
+            description="GLUE MRPC: is sentence2 a paraphrase of sentence1 (Microsoft Research Paraphrase Corpus)",
+            hub_dataset=HUB_GLUE,
+            hub_config="mrpc",
+            hub_text_columns=("sentence1", "sentence2"),
+            label_names=("not_equivalent", "equivalent"),
+            num_labels=1,
+            problem_type="binary",
+            metrics=("accuracy", "f1"),
+            main_metric="accuracy",
+            splits=("train", "validation"),
+            hub_splits=("train", "validation"),
+            local_files=_glue_files("MRPC", "#1 String", "#2 String", "Quality"),
+        ),
+        TaskSpec(
+            name="qqp",
+            description="GLUE QQP: are two Quora questions duplicates (full GLUE train/dev)",
+            hub_dataset=HUB_GLUE,
+            hub_config="qqp",
+            hub_text_columns=("question1", "question2"),
+            label_names=("not_duplicate", "duplicate"),
+            num_labels=1,
+            problem_type="binary",
+            metrics=("accuracy", "f1"),
+            main_metric="accuracy",
+            splits=("train", "validation"),
+            hub_splits=("train", "validation"),
+            local_files=_glue_files("QQP", "question1", "question2", "is_duplicate"),
+            data_source=GLUE_SOURCE
+            + ". If you only have glue/QQP/train_subset/new_dev.tsv, use the task 'qqp-subset'",
+        ),
+        TaskSpec(
+            name="qqp-subset",
+            description=(
+                "QQP subset, NOT GLUE dev: a 23,497-row random sample of GLUE QQP train "
+                f"({_QQP_SUBSET_FILE}) split into train and a seeded "
+                f"{QQP_SUBSET_VALIDATION_FRACTION:.0%} held-out validation part (seed {QQP_SUBSET_SEED})"
+            ),
+            hub_dataset=None,
+            hub_config=None,
+            hub_text_columns=("question1", "question2"),
+            label_names=("not_duplicate", "duplicate"),
+            num_labels=1,
+            problem_type="binary",
+            metrics=("accuracy", "f1"),
+            main_metric="accuracy",
+            splits=("train", "validation"),
+            hub_splits=(),
+            # No header; columns id, qid1, qid2, question1, question2, is_duplicate.
+            local_files={
+                part: LocalFile(
+                    _QQP_SUBSET_FILE,
+                    sentence1=3,
+                    sentence2=4,
+                    label=5,
+                    has_header=False,
+                    column_counts=(6,),
+                    heldout_part=part,
+                    repair_space_separated_label=True,
+                )
+                for part in ("train", "validation")
+            },
+            data_source=(
+                f"a third-party 23,497-row sample of GLUE QQP train.tsv, expected at <data-dir>/{_QQP_SUBSET_FILE}; "
+                f"pass the data root with --data-dir / data_dir= (or set {DATA_DIR_ENV})"
+            ),
+        ),
+        TaskSpec(
+            name="stsb",
+            description="GLUE STS-B: semantic similarity 0-5 (test = STS Benchmark gold sts-test.csv)",
+            hub_dataset=HUB_GLUE,
+            hub_config="stsb",
+            hub_text_columns=("sentence1", "sentence2"),
+            label_names=(),
+            num_labels=1,
+            problem_type="regression",
+            metrics=("pearson", "spearman"),
+            main_metric="spearman",
+            splits=("train", "validation", "test"),
+            hub_splits=("train", "validation"),
+            local_files={
+                **_glue_files("STS-B", "sentence1", "sentence2", "score"),
+                # genre, filename, year, id, score, sentence1, sentence2 (+ 2 provenance columns on some rows).
+                "test": LocalFile(
+                    "stsbenchmark/sts-test.csv",
+                    sentence1=5,
+                    sentence2=6,
+                    label=4,
+                    has_header=False,
+                    column_counts=(7, 9),
+                    source=STSBENCHMARK_SOURCE,
+                ),
+            },
+        ),
+        TaskSpec(
+            name="mnli",
+            description="GLUE MNLI: premise (sentence1) entails / is neutral to / contradicts hypothesis (sentence2)",
+            hub_dataset=HUB_GLUE,
+            hub_config="mnli",
+            hub_text_columns=("premise", "hypothesis"),
+            label_names=_NLI_LABELS,
+            num_labels=3,
+            problem_type="multiclass",
+            metrics=("accuracy",),  # reported per dev split: matched and mismatched accuracy
+            main_metric="accuracy",
+            splits=("train", "validation_matched", "validation_mismatched"),
+            hub_splits=("train", "validation_matched", "validation_mismatched"),
+            local_files=_glue_files(
+                "MNLI",
+                "sentence1",
+                "sentence2",
+                "gold_label",
+                dev_files={"validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"},
+            ),
+        ),
+        TaskSpec(
+            name="qnli",
+            description="GLUE QNLI: does the sentence (sentence2) answer the question (sentence1)",
+            hub_dataset=HUB_GLUE,
+            hub_config="qnli",
+            hub_text_columns=("question", "sentence"),
+            label_names=("entailment", "not_entailment"),
+            num_labels=1,
+            problem_type="binary",
+            metrics=("accuracy",),
+            main_metric="accuracy",
+            splits=("train", "validation"),
+            hub_splits=("train", "validation"),
+            local_files=_glue_files("QNLI", "question", "sentence", "label"),
+        ),
+        TaskSpec(
+            name="rte",
+            description="GLUE RTE: does sentence1 entail sentence2",
+            hub_dataset=HUB_GLUE,
+            hub_config="rte",
+            hub_text_columns=("sentence1", "sentence2"),
+            label_names=("entailment", "not_entailment"),
+            num_labels=1,
+            problem_type="binary",
+            metrics=("accuracy",),
+            main_metric="accuracy",
+            splits=("train", "validation"),
+            hub_splits=("train", "validation"),
+            local_files=_glue_files("RTE", "sentence1", "sentence2", "label"),
+        ),
+        TaskSpec(
+            name="sick-e",
+            description="SICK entailment (SentEval copy): entailment / neutral / contradiction; validation = trial",
+            hub_dataset=None,
+            hub_config=None,
+            hub_text_columns=("sentence_A", "sentence_B"),
+            label_names=_NLI_LABELS,
+            num_labels=3,
+            problem_type="multiclass",
+            metrics=("accuracy",),
+            main_metric="accuracy",
+            splits=("train", "validation", "test"),
+            hub_splits=(),
+            local_files=_sick_files("entailment_judgment"),
+            data_source=SENTEVAL_SOURCE,
+        ),
+        TaskSpec(
+            name="sick-r",
+            description="SICK relatedness (SentEval copy): relatedness score 1-5; validation = trial",
+            hub_dataset=None,
+            hub_config=None,
+            hub_text_columns=("sentence_A", "sentence_B"),
+            label_names=(),
+            num_labels=1,
+            problem_type="regression",
+            metrics=("pearson", "spearman"),
+            main_metric="spearman",
+            splits=("train", "validation", "test"),
+            hub_splits=(),
+            local_files=_sick_files("relatedness_score"),
+            data_source=SENTEVAL_SOURCE,
+        ),
+    ]
+}
+
+
+def _normalize_name(name: str) -> str:
+    return "".join(character for character in name.lower() if character.isalnum())
+
+
+def get_task(name: str | TaskSpec) -> TaskSpec:
+    """Look a task up by name, ignoring case and punctuation ("STS-B", "sts_b", "sickr" and "SICK-R" all work)."""
+    if isinstance(name, TaskSpec):
+        return name
+    by_normalized_name = {_normalize_name(task_name): spec for task_name, spec in TASKS.items()}
+    spec = by_normalized_name.get(_normalize_name(name))
+    if spec is None:
+        raise ValueError(f"Unknown task {name!r}. Known tasks: {', '.join(TASKS)}.")
+    return spec
+
+
+def _resolve_split(spec: TaskSpec, split: str) -> str:
+    # "dev", "dev_matched", ... are the GLUE file names for what the hub calls "validation", "validation_matched", ...
+    canonical = "validation" + split[3:] if split.startswith("dev") else split
+    if canonical not in spec.splits:
+        raise ValueError(f"Task {spec.name!r} has no split {split!r}. Available splits: {', '.join(spec.splits)}.")
+    return canonical
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """``data_dir`` as a Path, else the ``ST_DSE_DATA_DIR`` environment variable, else None (= use the hub)."""
+    if data_dir is None:
+        data_dir = os.environ.get(DATA_DIR_ENV) or None
+    return None if data_dir is None else Path(data_dir)
+
+
+def load_task(
+    name: str | TaskSpec,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    path: str | os.PathLike | None = None,
+    max_samples: int | None = None,
+) -> datasets.Dataset:
+    """Load one split of a task as a Dataset with columns ``sentence1``, ``sentence2``, ``label``, in file order.
+
+    Args:
+        name: a task name from :data:`TASKS` (or an alias, see :func:`get_task`).
+        split: "train", "validation" ("dev" also works), "test" where the task has labelled test data, and for MNLI
+            "validation_matched" / "validation_mismatched".
+        data_dir: the folder holding the local data: the data root (``glue/``, ``stsbenchmark/``, ``senteval/``), the
+            GLUE folder itself, or a folder holding the split's file directly. None: ``$ST_DSE_DATA_DIR`` if set,
+            else the Hugging Face hub.
+        path: read exactly this file, with the column layout of ``split`` (e.g. an LM-BFF k-shot GLUE TSV).
+        max_samples: keep only the first ``max_samples`` rows (of the split, for qqp-subset).
+
+    Raises:
+        FileNotFoundError: the split's file is not under ``data_dir``; the message names the file and its source.
+        ValueError: unknown task or split, or a malformed row (the message names the file and line).
+    """
+    spec = get_task(name)
+    split = _resolve_split(spec, split)
+    local_file = spec.local_files[split]
+    if path is not None:
+        file_path = Path(path)
+        if not file_path.is_file():
+            raise FileNotFoundError(f"{spec.name} {split}: no file at {file_path} (given as path=).")
+    else:
+        root = resolve_data_dir(data_dir)
+        if root is None:
+            return _load_from_hub(spec, split, max_samples)
+        file_path = _find_local_file(spec, split, local_file, root)
+
+    rows = _read_pairs(file_path, spec, local_file, max_samples=None if local_file.heldout_part else max_samples)
+    if local_file.heldout_part is not None:
+        rows = _heldout_part(rows, local_file.heldout_part)
+        rows = rows if max_samples is None else rows[:max_samples]
+    sentences1, sentences2, labels = zip(*rows) if rows else ((), (), ())
+    features = datasets.Features(
+        {
+            "sentence1": datasets.Value("string"),
+            "sentence2": datasets.Value("string"),
+            "label": datasets.Value("float64" if spec.is_regression else "int64"),
+        }
+    )
+    return datasets.Dataset.from_dict(
+        {"sentence1": list(sentences1), "sentence2": list(sentences2), "label": list(labels)}, features=features
+    )
+
+
+def _find_local_file(spec: TaskSpec, split: str, local_file: LocalFile, data_dir: Path) -> Path:
+    relative = Path(local_file.relative_path)
+    candidates = [data_dir / relative]
+    if relative.parts[0] == "glue":
+        candidates.append(data_dir / Path(*relative.parts[1:]))  # data_dir is the GLUE folder itself
+    candidates.append(data_dir.parent / relative)  # data_dir is the GLUE folder, the file is beside it
+    candidates.append(data_dir / relative.name)  # data_dir holds the split's file directly (a k-shot folder)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    tried = "\n  ".join(str(candidate) for candidate in candidates)
+    raise FileNotFoundError(
+        f"{spec.name} {split}: expected the file {local_file.relative_path} under the data folder {data_dir}, "
+        f"but none of these exist:\n  {tried}\nThis file comes from {local_file.source or spec.data_source}."
+    )
+
+
+def _load_from_hub(spec: TaskSpec, split: str, max_samples: int | None) -> datasets.Dataset:
+    if split not in spec.hub_splits:
+        source = spec.local_files[split].source or spec.data_source
+        raise ValueError(f"{spec.name} {split} cannot be downloaded from the hub; it is read from {source}.")
+    # Real users run this; it needs network access to the Hugging Face hub.
+    dataset = datasets.load_dataset(spec.hub_dataset, spec.hub_config, split=split)
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    return standardize_hub_dataset(dataset, spec)
+
+
+def standardize_hub_dataset(dataset: datasets.Dataset, task: str | TaskSpec) -> datasets.Dataset:
+    """Rename a hub dataset's text columns to ``sentence1``/``sentence2`` and keep only them and ``label``."""
+    spec = get_task(task)
+    text1, text2 = spec.hub_text_columns
+    dataset = dataset.select_columns([text1, text2, "label"])
+    renames = {old: new for old, new in [(text1, "sentence1"), (text2, "sentence2")] if old != new}
+    if renames:
+        dataset = dataset.rename_columns(renames)
+    dataset = dataset.cast_column("label", datasets.Value("float64" if spec.is_regression else "int64"))
+    if not spec.is_regression and len(dataset) and min(dataset["label"]) < 0:
+        # GLUE's hub test splits carry label -1: there is nothing to train or evaluate on.
+        raise ValueError(f"{spec.name}: the hub data has unlabelled rows (label -1); use a labelled split.")
+    return dataset
+
+
+def _read_pairs(
+    file_path: Path, spec: TaskSpec, local_file: LocalFile, max_samples: int | None
+) -> list[tuple[str, str, int | float]]:
+    try:
+        return _read_pairs_with_encoding(file_path, spec, local_file, max_samples, encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        # Some research files are latin-1; every byte sequence is valid latin-1, so this second read cannot fail.
+        logger.warning("%s is not valid UTF-8 (%s); reading it as latin-1 instead.", file_path, error)
+        return _read_pairs_with_encoding(file_path, spec, local_file, max_samples, encoding="latin-1")
+
+
+def _read_pairs_with_encoding(
+    file_path: Path, spec: TaskSpec, local_file: LocalFile, max_samples: int | None, encoding: str
+) -> list[tuple[str, str, int | float]]:
+    pairs: list[tuple[str, str, int | float]] = []
+    repaired_lines: list[int] = []
+    with open(file_path, encoding=encoding, newline="") as handle:
+        # QUOTE_NONE: GLUE text contains bare quote characters that are part of the sentence.
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if local_file.has_header:
+            header = [name.strip().lstrip("\ufeff") for name in next(reader, [])]
+            columns = [_header_index(header, name, file_path) for name in (local_file.sentence1, local_file.sentence2)]
+            columns.append(_header_index(header, local_file.label, file_path))
+            column_counts = local_file.column_counts or (len(header),)
+        else:
+            columns = [local_file.sentence1, local_file.sentence2, local_file.label]
+            column_counts = local_file.column_counts
+        for row in reader:
+            if max_samples is not None and len(pairs) >= max_samples:
+                break
+            if not row:
+                continue  # blank line (e.g. at the end of a file)
+            if (
+                len(row) not in column_counts
+                and local_file.repair_space_separated_label
+                and _repair_space_separated_label(row, column_counts)
+            ):
+                repaired_lines.append(reader.line_num)
+            if len(row) not in column_counts:
+                raise ValueError(
+                    f"{file_path}, line {reader.line_num}: {len(row)} tab-separated columns, expected "
+                    f"{' or '.join(map(str, column_counts))} ({spec.name})."
+                )
+            sentence1, sentence2, raw_label = (row[column] for column in columns)
+            label = _parse_label(raw_label, spec, file_path, reader.line_num)
+            pairs.append((sentence1, sentence2, label))
+    if repaired_lines:
+        logger.warning(
+            "%s: repaired %d row(s) whose label was separated by a space instead of a tab (lines %s).",
+            file_path,
+            len(repaired_lines),
+            ", ".join(map(str, repaired_lines[:10])),
+        )
+    return pairs
+
+
+def _header_index(header: list[str], column: str | int, file_path: Path) -> int:
+    if isinstance(column, int):
+        return column
+    if column not in header:
+        raise ValueError(f"{file_path}: the header has no column {column!r} (found: {', '.join(header)}).")
+    return header.index(column)
+
+
+def _repair_space_separated_label(row: list[str], column_counts: tuple[int, ...]) -> bool:
+    # The QQP subset's first line is "id qid1 qid2 question1 question2<space>0": the label lost its tab. We repair it
+    # (rather than skip it) because the row is otherwise fine: id 133273 of GLUE QQP train, label 0. Only this exact
+    # shape (one column short, last field ending in " 0" or " 1") is repaired, and only in files flagged for it.
+    head, _, last = row[-1].rpartition(" ") if row else ("", "", "")
+    if len(row) + 1 in column_counts and head and last in {"0", "1"}:
+        row[-1:] = [head, last]
+        return True
+    return False
+
+
+def _parse_label(raw_label: str, spec: TaskSpec, file_path: Path, line_number: int) -> int | float:
+    value = raw_label.strip()
+    if spec.is_regression:
+        try:
+            score = float(value)
+        except ValueError:
+            score = math.nan
+        if not math.isfinite(score):
+            raise ValueError(f"{file_path}, line {line_number}: score {raw_label!r} is not a number ({spec.name}).")
+        return score
+    # Label names are matched case-insensitively (SICK writes ENTAILMENT); GLUE's MRPC/QQP files hold the class ids.
+    names = [label_name.lower() for label_name in spec.label_names]
+    if value.lower() in names:
+        return names.index(value.lower())
+    if value.isdigit() and int(value) < len(names):
+        return int(value)
+    raise ValueError(
+        f"{file_path}, line {line_number}: label {raw_label!r} is not one of {', '.join(spec.label_names)} "
+        f"(or their ids 0-{len(names) - 1}) for task {spec.name}."
+    )
+
+
+def _heldout_part(rows: list, part: str) -> list:
+    """The seeded qqp-subset split: row i goes to validation when sha256("<seed>:<i>") is among the smallest 10%."""
+    num_heldout = round(len(rows) * QQP_SUBSET_VALIDATION_FRACTION)
+    hash_order = sorted(
+        range(len(rows)), key=lambda index: hashlib.sha256(f"{QQP_SUBSET_SEED}:{index}".encode()).hexdigest()
+    )
+    heldout = set(hash_order[:num_heldout])
+    keep_heldout = part == "validation"
+    return [row for index, row in enumerate(rows) if (index in heldout) == keep_heldout]
+
+
+def logits_to_predictions(task: str | TaskSpec, logits) -> np.ndarray:
+    """Turn PairHead (or teacher) logits into what :func:`compute_metrics` takes.
+
+    Binary: shape (n,) or (n, 1), class 1 when the logit is > 0. Regression: shape (n,) or (n, 1), the score itself.
+    k-way: shape (n, k), the argmax class id. Accepts numpy arrays, lists and torch tensors.
+    """
+    spec = get_task(task)
+    if hasattr(logits, "detach"):  # a torch tensor, possibly on GPU or in half precision
+        logits = logits.detach().float().cpu().numpy()
+    logits = np.asarray(logits, dtype=np.float64)
+    if spec.num_labels == 1:
+        if logits.ndim == 2 and logits.shape[1] == 1:
+            logits = logits[:, 0]
+        if logits.ndim != 1:
+            raise ValueError(
+                f"{spec.name} has one output per pair; expected logits of shape (n,) or (n, 1), got {logits.shape}."
+            )
+        return logits if spec.is_regression else (logits > 0).astype(np.int64)
+    if logits.ndim != 2 or logits.shape[1] != spec.num_labels:
+        raise ValueError(
+            f"{spec.name} has {spec.num_labels} classes; expected logits of shape (n, {spec.num_labels}), "
+            f"got {logits.shape}."
+        )
+    return logits.argmax(axis=1).astype(np.int64)
+
+
+def compute_metrics(task: str | TaskSpec, predictions: Sequence, labels: Sequence) -> dict[str, float]:
+    """The task's official metrics on a 0-100 scale, plus ``"main"`` = the task's main metric.
+
+    ``predictions`` are class ids for classification (see :func:`logits_to_predictions`) and scores for regression.
+    As in GLUE, MRPC and QQP report accuracy and F1 (positive class 1) and STS-B / SICK-R Pearson and Spearman; the
+    main metric is accuracy for classification and Spearman for regression. For MNLI call this once per dev split
+    (matched and mismatched accuracy).
+    """
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score
+
+    spec = get_task(task)
+    predictions = np.asarray(predictions)
+    labels = np.asarray(labels)
+    if predictions.shape != labels.shape or predictions.ndim != 1:
+        raise ValueError(
+            f"predictions and labels must be 1-d and of the same length, got {predictions.shape} and {labels.shape}."
+        )
+    compute = {
+        "accuracy": lambda: accuracy_score(labels, predictions),
+        "f1": lambda: f1_score(labels, predictions, pos_label=1, zero_division=0),
+        "pearson": lambda: pearsonr(predictions, labels).statistic,
+        "spearman": lambda: spearmanr(predictions, labels).statistic,
+    }
+    results = {metric: 100.0 * float(compute[metric]()) for metric in spec.metrics}
+    results["main"] = results[spec.main_metric]
+    return results
