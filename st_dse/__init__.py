@@ -1,0 +1,40 @@
+"""st_dse: Distilled Sentence Embedding (DSE) for sentence-transformers.
+
+Distil a cross-encoder teacher's logits into a siamese SentenceTransformer student with a saved pair head, so that
+candidates are encoded once and every query costs one encode plus cheap head evaluations.
+"""
+
+from __future__ import annotations
+
+from st_dse.head import (
+    PairHead,
+    add_pair_head,
+    build_student,
+    get_pair_head,
+    head_learning_rate_mapping,
+    load_student,
+)
+from st_dse.loss import DSELoss, pack_dse_labels
+from st_dse.models import DEFAULT_MODEL, resolve_model_name
+from st_dse.scoring import CandidateIndex, score_pairs
+from st_dse.teacher import TeacherLogitCache, label_with_teacher, teacher_fingerprint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "CandidateIndex",
+    "DSELoss",
+    "PairHead",
+    "TeacherLogitCache",
+    "add_pair_head",
+    "build_student",
+    "get_pair_head",
+    "head_learning_rate_mapping",
+    "label_with_teacher",
+    "load_student",
+    "pack_dse_labels",
+    "resolve_model_name",
+    "score_pairs",
+    "teacher_fingerprint",
+]
