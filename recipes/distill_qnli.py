@@ -1,0 +1,12 @@
+"""Distil a cross-encoder teacher into a DSE student on QNLI. Options: see recipes/distill.py (--help).
+
+Usage:
+    python recipes/distill_qnli.py --data-dir ../shared/data --output-dir runs/qnli
+"""
+
+from __future__ import annotations
+
+from distill import main
+
+if __name__ == "__main__":
+    main(task="qnli")

@@ -1,0 +1,12 @@
+"""Distil a cross-encoder teacher into a DSE student on SICK-R. Options: see recipes/distill.py (--help).
+
+Usage:
+    python recipes/distill_sickr.py --data-dir ../shared/data --output-dir runs/sick-r
+"""
+
+from __future__ import annotations
+
+from distill import main
+
+if __name__ == "__main__":
+    main(task="sick-r")
