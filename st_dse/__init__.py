@@ -12,6 +12,7 @@ from st_dse.head import (
     build_student,
     get_pair_head,
     head_learning_rate_mapping,
+    load_model,
     load_student,
 )
 from st_dse.loss import DSELoss, pack_dse_labels
@@ -32,6 +33,7 @@ __all__ = [
     "get_pair_head",
     "head_learning_rate_mapping",
     "label_with_teacher",
+    "load_model",
     "load_student",
     "pack_dse_labels",
     "resolve_model_name",

@@ -383,3 +383,18 @@ def load_student(model_name_or_path: str, **kwargs) -> SentenceTransformer:
         )
     kwargs.pop("trust_remote_code", None)
     return SentenceTransformer(model_name_or_path, trust_remote_code=True, **kwargs)
+
+
+def load_model(model_name_or_path: str = DEFAULT_MODEL, **kwargs) -> SentenceTransformer:
+    """Load any sentence encoder for embedding work: a DSE student (via :func:`load_student`) or a plain model.
+
+    The default model name resolves to its packaged copy when the Hub is unreachable (see
+    :func:`st_dse.models.resolve_model_name`). Evaluation scripts use this so one ``--model`` option takes both.
+    """
+    name = resolve_model_name(model_name_or_path)
+    modules_path = os.path.join(name, "modules.json")
+    if os.path.isfile(modules_path):
+        with open(modules_path, encoding="utf-8") as f:
+            if any(entry["type"] in TRUSTED_MODULE_TYPES for entry in json.load(f)):
+                return load_student(name, **kwargs)
+    return SentenceTransformer(name, **kwargs)
