@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
 from datasets import Dataset
 from sentence_transformers import CrossEncoder
 
+from st_dse import teacher as teacher_module
 from st_dse.teacher import TeacherLogitCache, label_with_teacher, pair_key, teacher_fingerprint
 
 PAIRS = Dataset.from_dict(
@@ -32,6 +36,15 @@ PAIRS = Dataset.from_dict(
 def _cross_encoder(path: str, num_labels: int, seed: int = 0) -> CrossEncoder:
     torch.manual_seed(seed)  # the classifier on top of the packaged encoder is freshly initialised
     return CrossEncoder(path, num_labels=num_labels, device="cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Two threads on a shared 2-core machine run many times slower than one; results do not depend on it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +133,111 @@ def test_another_teacher_never_reuses_logits(teacher, minilm_path, tmp_path, mon
     np.testing.assert_allclose(np.array(labelled["teacher_logits"])[:, 0], raw, atol=1e-5)
 
 
-def test_damaged_cache_file_is_recomputed_not_trusted(teacher, tmp_path, monkeypatch):
-    first = label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, chunk_size=2)
-    shards = sorted(tmp_path.rglob("logits-*.npz"))
-    assert len(shards) == 3
-    shards[0].write_bytes(shards[0].read_bytes()[:100])  # truncated, as by a full disk
+class _Interrupt(Exception):
+    """Stands in for an interruption (Ctrl-C, a killed job) after some batches were labelled."""
+
+
+def _interrupt_after(cross_encoder: CrossEncoder, monkeypatch, calls: int) -> None:
+    original = cross_encoder.predict
+    seen = []
+
+    def predict(pairs, *args, **kwargs):
+        if len(seen) == calls:
+            raise _Interrupt
+        seen.append(len(pairs))
+        return original(pairs, *args, **kwargs)
+
+    monkeypatch.setattr(cross_encoder, "predict", predict)
+
+
+def test_interrupted_run_loses_at_most_the_batch_in_flight(teacher, tmp_path, monkeypatch):
+    reference = label_with_teacher(teacher, PAIRS, use_cache=False, batch_size=2)
+    with monkeypatch.context() as patch:
+        _interrupt_after(teacher, patch, calls=2)
+        with pytest.raises(_Interrupt):
+            label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, batch_size=2)
+    # The two finished batches are on disk, one file each; the interrupted run merged nothing.
+    assert len(list(tmp_path.rglob("logits-*.npz"))) == 2 and not list(tmp_path.rglob("merged-*.npz"))
     counter = _CountingPredict(teacher, monkeypatch)
-    second = label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, chunk_size=2)
-    assert 0 < counter.pairs_scored <= 2
-    assert second["teacher_logits"] == first["teacher_logits"]
-    assert list(tmp_path.rglob("*.corrupt"))
+    resumed = label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, batch_size=2)
+    assert counter.pairs_scored == 1  # only the batch that was in flight
+    assert resumed["teacher_logits"] == reference["teacher_logits"]
+
+
+def test_default_chunk_is_one_teacher_batch(teacher, tmp_path, monkeypatch):
+    calls = []
+    original = teacher.predict
+    monkeypatch.setattr(
+        teacher, "predict", lambda pairs, **kwargs: calls.append(len(pairs)) or original(pairs, **kwargs)
+    )
+    label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, batch_size=2)
+    assert calls == [2, 2, 1]
+
+
+def test_complete_run_leaves_one_merged_file(teacher, tmp_path, monkeypatch):
+    first = label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, batch_size=2)
+    assert [path.name.split("-")[0] for path in tmp_path.rglob("*.npz")] == ["merged"]
+    assert not list(tmp_path.rglob("*.tmp"))
+    counter = _CountingPredict(teacher, monkeypatch)
+    assert label_with_teacher(teacher, PAIRS, cache_dir=tmp_path)["teacher_logits"] == first["teacher_logits"]
+    assert counter.pairs_scored == 0
+    # New pairs add batch files; the next complete run folds everything into one file again.
+    extra = Dataset.from_dict({"sentence1": ["New one.", "New two."], "sentence2": ["Other.", "Other."]})
+    label_with_teacher(teacher, extra, cache_dir=tmp_path, batch_size=1)
+    (merged,) = tmp_path.rglob("*.npz")
+    with np.load(merged) as stored:
+        assert len(stored["keys"]) == len(PAIRS) + 2
+
+
+def test_long_runs_merge_batch_files_as_they_go(teacher, tmp_path, monkeypatch):
+    monkeypatch.setattr(teacher_module, "MERGE_EVERY_BATCHES", 2)
+    with monkeypatch.context() as patch:
+        _interrupt_after(teacher, patch, calls=3)
+        with pytest.raises(_Interrupt):
+            label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, batch_size=1)
+    assert len(list(tmp_path.rglob("merged-*.npz"))) == 1 and len(list(tmp_path.rglob("logits-*.npz"))) == 1
+    assert len(TeacherLogitCache(tmp_path, teacher_fingerprint(teacher))) == 3
+
+
+def test_damaged_cache_file_is_recomputed_not_trusted(teacher, tmp_path, monkeypatch):
+    reference = label_with_teacher(teacher, PAIRS, use_cache=False, batch_size=2)
+    with monkeypatch.context() as patch:
+        _interrupt_after(teacher, patch, calls=2)
+        with pytest.raises(_Interrupt):
+            label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, batch_size=2)
+    damaged = sorted(tmp_path.rglob("logits-*.npz"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])  # truncated, as by a full disk
+    counter = _CountingPredict(teacher, monkeypatch)
+    second = label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, batch_size=2)
+    assert counter.pairs_scored == 2 + 1  # the damaged batch and the one never finished
+    assert second["teacher_logits"] == reference["teacher_logits"]
+    assert [path.name for path in tmp_path.rglob("*.corrupt")] == [damaged.with_suffix(".corrupt").name]
+
+    # A damaged merged file is set aside too: everything is relabelled, to the same values.
+    (merged,) = tmp_path.rglob("merged-*.npz")
+    merged.write_bytes(merged.read_bytes()[:-7])
+    third = label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, batch_size=2)
+    assert counter.pairs_scored == 3 + len(PAIRS)
+    assert third["teacher_logits"] == reference["teacher_logits"]
+
+
+def test_leftover_temporary_files_are_ignored_then_removed(teacher, tmp_path):
+    directory = TeacherLogitCache(tmp_path, teacher_fingerprint(teacher)).directory
+    stale, fresh = directory / "logits-killed.tmp", directory / "logits-writing.tmp"
+    stale.write_bytes(b"half a file")
+    fresh.write_bytes(b"being written by another process")
+    an_hour_ago = time.time() - teacher_module.STALE_TEMPORARY_SECONDS - 60
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    labelled = label_with_teacher(teacher, PAIRS, cache_dir=tmp_path)
+    assert len(labelled) == len(PAIRS)
+    assert not stale.exists() and fresh.exists()
+
+
+def test_cache_of_another_width_is_refused(tmp_path):
+    cache = TeacherLogitCache(tmp_path, "f" * 64)
+    cache.add([pair_key("a", "b")], np.array([[1.0]]))
+    with pytest.raises(ValueError, match="3 logits per pair, but this cache holds 1"):
+        cache.add([pair_key("c", "d")], np.array([[1.0, 2.0, 3.0]]))
 
 
 def test_cache_detects_tampered_values(tmp_path):
@@ -173,8 +281,57 @@ def test_missing_column_is_named(teacher, tmp_path):
         label_with_teacher(teacher, PAIRS, sentence2_column="question2", cache_dir=tmp_path)
 
 
-def test_non_finite_teacher_logits_are_refused(teacher, tmp_path, monkeypatch):
-    monkeypatch.setattr(teacher, "predict", lambda pairs, **kwargs: np.full(len(pairs), np.nan, dtype=np.float32))
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_non_finite_teacher_logits_are_refused(teacher, tmp_path, monkeypatch, bad_value):
+    monkeypatch.setattr(teacher, "predict", lambda pairs, **kwargs: np.full(len(pairs), bad_value, dtype=np.float32))
     with pytest.raises(ValueError, match="NaN or infinite logits"):
         label_with_teacher(teacher, PAIRS, cache_dir=tmp_path)
     assert not list(tmp_path.rglob("*.npz"))
+
+
+def test_sharded_labelling_merges_into_the_unsharded_result(teacher, tmp_path, monkeypatch):
+    # batch_size=1: each pair is scored alone, so logits do not depend on which pairs share a batch and the sharded
+    # result must equal the unsharded one exactly.
+    reference = label_with_teacher(teacher, PAIRS, use_cache=False, batch_size=1)
+    shards = [
+        label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, batch_size=1, shard_index=i, num_shards=2)
+        for i in range(2)
+    ]
+    assert all(len(shard) > 0 for shard in shards)
+    assert sorted([*shards[0]["sentence1"], *shards[1]["sentence1"]]) == sorted(PAIRS["sentence1"])
+    # Assignment follows content: any row order gives the same shards.
+    reordered = label_with_teacher(
+        teacher, PAIRS.select([4, 3, 2, 1, 0]), use_cache=False, shard_index=0, num_shards=2
+    )
+    assert sorted(reordered["sentence1"]) == sorted(shards[0]["sentence1"])
+
+    counter = _CountingPredict(teacher, monkeypatch)
+    merged = label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, require_cached=True)
+    assert counter.pairs_scored == 0
+    assert merged["teacher_logits"] == reference["teacher_logits"]
+    assert merged["label"] == PAIRS["label"]
+
+
+def test_require_cached_names_what_is_missing(teacher, tmp_path, monkeypatch):
+    label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, shard_index=0, num_shards=2)
+    counter = _CountingPredict(teacher, monkeypatch)
+    with pytest.raises(ValueError, match=r"\d of 5 pairs have no cached logits for this teacher"):
+        label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, require_cached=True)
+    assert counter.pairs_scored == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"shard_index": 0}, "Pass shard_index and num_shards together"),
+        ({"shard_index": 2, "num_shards": 2}, r"shard_index must be in \[0, num_shards - 1\]"),
+        ({"shard_index": 0, "num_shards": 0}, "num_shards >= 1"),
+        ({"shard_index": "0", "num_shards": 2}, "shard_index must be an integer"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"chunk_size": -1}, "chunk_size must be a positive integer"),
+        ({"require_cached": True, "use_cache": False}, "cannot be combined with use_cache=False"),
+    ],
+)
+def test_bad_labelling_arguments_are_refused(teacher, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, **kwargs)
