@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 
 import pytest
 import torch
@@ -14,8 +14,10 @@ from st_dse.tasks import load_task
 from st_dse.training import evaluate_student, save_student
 from tests.conftest import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "evaluation"))
-import glue  # noqa: E402
+# Loaded from its path: putting evaluation/ on sys.path would let evaluation/mteb.py shadow the mteb package.
+_spec = importlib.util.spec_from_file_location("glue_evaluation", REPO_ROOT / "evaluation" / "glue.py")
+glue = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(glue)
 
 
 @pytest.fixture
