@@ -166,7 +166,14 @@ def _require_file(path: Path) -> Path:
 
 def _read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
     # SentEval reads with io.open(...).read().splitlines(); the same is done here so line counts agree.
-    return _require_file(path).read_text(encoding=encoding).splitlines()
+    try:
+        return _require_file(path).read_text(encoding=encoding).splitlines()
+    except UnicodeDecodeError as error:
+        # SentEval itself would fail on this file too: say which file, rather than guess another encoding.
+        raise ValueError(
+            f"{path} is not valid {encoding} text ({error.reason} at byte {error.start}); SentEval reads this file as "
+            f"{encoding}. Use an unmodified copy of SentEval's data (data/downstream/get_transfer_data.bash)."
+        ) from error
 
 
 def _normalise(text: str) -> str:
