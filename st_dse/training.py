@@ -127,6 +127,7 @@ def finetune_teacher(
         logging_steps=50,
         seed=seed,
         report_to="none",
+        use_cpu=_distributed_cpu_run(),
     )
     trainer = CrossEncoderTrainer(
         model=cross_encoder,
@@ -141,6 +142,15 @@ def finetune_teacher(
         logger.info("Teacher dev metrics: %s", metrics)
         (output_dir / "dev_metrics.json").write_text(json.dumps(metrics, indent=2))
     return cross_encoder
+
+
+def _distributed_cpu_run() -> bool:
+    """True under ``torchrun`` (WORLD_SIZE > 1) on a machine without CUDA.
+
+    transformers then sets up gloo DDP only with ``use_cpu=True``; without it every rank trains its own copy, and
+    sentence-transformers' rank-0-only evaluator leaves the other ranks without the best-checkpoint metric.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def _has_checkpoint(directory: Path) -> bool:
@@ -208,6 +218,10 @@ def distill_student(
         seed=seed,
         data_seed=seed,
         report_to="none",
+        use_cpu=_distributed_cpu_run(),
+        # DSELoss calls the PairHead outside the model's forward (on the embeddings it returns); DDP accepts
+        # parameters used outside forward only with a static graph, which a DSE training step is.
+        ddp_static_graph=True,
     )
     loss = DSELoss(student, distillation_weight=distillation_weight, symmetric=symmetric)
     trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train, loss=loss, evaluator=evaluator)
@@ -223,6 +237,8 @@ def save_student(
     results: dict[str, Any],
 ) -> None:
     """Save the student (model card included) and a ``dse.json`` with task, teacher and metrics."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return  # under torchrun every rank holds the same model; one writer avoids racing on the same files
     task = get_task(task)
     output_dir = Path(output_dir)
     head = get_pair_head(student)
