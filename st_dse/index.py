@@ -473,6 +473,8 @@ class CandidateIndex:
         if isinstance(queries, (Tensor, np.ndarray)):
             return self._check_query_embeddings(queries)
         queries = list(queries)
+        if not queries:
+            return torch.zeros((0, self.head.in_features))
         check_pairs(queries, queries, what="query")
         self.model.eval()
         embeddings = self.model.encode(queries, batch_size=batch_size, convert_to_tensor=True)
@@ -493,15 +495,17 @@ class CandidateIndex:
         """Factorized head: the ranking label's query vectors ``(num_queries, rank + 2)`` in float32."""
         return self.head.query_vectors(query_embeddings.to(self.head._parameter_dtype()))[:, self.label_index].float()
 
-    def _chunks(self) -> Iterator[tuple[int, int]]:
-        for start in range(0, len(self), self.chunk_size):
-            yield start, min(start + self.chunk_size, len(self))
+    def _chunks(self, size: int | None = None) -> Iterator[tuple[int, int]]:
+        size = size or self.chunk_size
+        for start in range(0, len(self), size):
+            yield start, min(start + size, len(self))
 
     def _chunk_scores(self, query_embeddings: Tensor, precision: Precision = "float32") -> Iterator[Tensor]:
         """Exact scores ``(num_queries, chunk)`` of consecutive candidate chunks."""
         if self.candidate_vectors is not None:
+            # A factorized chunk needs only (queries x chunk) floats of working memory: take bigger chunks.
             query_vectors = self._query_vectors(query_embeddings).T.contiguous()
-            for start, stop in self._chunks():
+            for start, stop in self._chunks(16 * self.chunk_size):
                 yield self.candidate_vectors.matmul(query_vectors, start, stop).T
             return
         for start, stop in self._chunks():
@@ -677,7 +681,9 @@ def _concat_scores(
     w_u, w_v, w_mul, w_diff = first.weight.split(head.in_features, dim=1)
     query_bias = torch.addmv(first.bias, w_u, query)
     weights = torch.cat([w_v + w_mul * query, w_diff], dim=1).T  # (2d, hidden)
-    features = torch.cat([candidates, torch.abs(candidates - query)], dim=1)  # (n, 2d)
+    features = torch.empty((len(candidates), 2 * head.in_features), dtype=dtype)  # (n, 2d): [v, |u - v|]
+    features[:, : head.in_features] = candidates
+    torch.sub(candidates, query, out=features[:, head.in_features :]).abs_()
     if precision == "bfloat16":
         hidden = (features.to(torch.bfloat16) @ weights.to(torch.bfloat16)).to(dtype)
         hidden += query_bias

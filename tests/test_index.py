@@ -52,7 +52,7 @@ def brute_force_scores(student, queries: torch.Tensor, candidates: np.ndarray, l
 @pytest.mark.parametrize("head_type", ["concat", "factorized"])
 def test_top_k_equals_brute_force(students, candidates, queries, head_type, storage_dtype):
     student = students[head_type]
-    index = CandidateIndex(student, candidates, storage_dtype=storage_dtype, chunk_size=7)  # several chunks
+    index = CandidateIndex(student, candidates, storage_dtype=storage_dtype, chunk_size=3)  # several chunks
     scores, ids = index.search_embeddings(queries, top_k=5)
 
     # Exact with respect to what is stored (dequantised): same ids, same scores. A factorized index stores the
@@ -239,6 +239,7 @@ def test_bad_settings_are_refused(students, candidates, tmp_path):
 def test_empty_index_and_top_k_larger_than_corpus(students, queries):
     index = CandidateIndex(students["concat"], np.zeros((0, DIM), dtype=np.float32))
     assert index.search(queries, top_k=5) == [[], [], []]
+    assert index.search([], top_k=5) == []
     index = CandidateIndex(students["factorized"], np.ones((2, DIM), dtype=np.float32))
     assert [len(hits) for hits in index.search(queries, top_k=5)] == [2, 2, 2]
 
