@@ -122,3 +122,16 @@ def test_index_checks_dimensions_and_labels(binary_student, minilm_path):
         CandidateIndex(three_way, np.zeros((4, 384), dtype=np.float32))
     index = CandidateIndex(three_way, torch.randn(4, 384), label_index=2)
     assert len(index.search(torch.randn(384), top_k=2)[0]) == 2
+
+
+def test_saved_index_search_by_sentence_equals_score_pairs(binary_student, tmp_path):
+    from st_dse import index as index_module
+
+    assert CandidateIndex is index_module.CandidateIndex  # st_dse.CandidateIndex and st_dse.scoring re-export it
+    CandidateIndex.from_sentences(binary_student, CORPUS, storage_dtype="float16").save(tmp_path / "index")
+    loaded = CandidateIndex.load(tmp_path / "index", binary_student)
+    query = "Which programming language should I learn first?"
+    hits = loaded.search(query, top_k=3)[0]
+    brute = score_pairs(binary_student, [query] * len(CORPUS), CORPUS)
+    assert [hit["corpus_id"] for hit in hits] == np.argsort(-brute)[:3].tolist()
+    np.testing.assert_allclose([hit["score"] for hit in hits], np.sort(brute)[::-1][:3], atol=1e-2)
