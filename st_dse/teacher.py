@@ -133,6 +133,8 @@ class TeacherLogitCache:
                     logger.info("Removed %s, left by an interrupted teacher-labelling run.", path)
             except FileNotFoundError:
                 pass  # another process removed it or renamed it into place
+            except OSError as error:
+                logger.debug("Could not remove stale temporary file %s: %s", path, error)
 
     def _load(self) -> None:
         paths = sorted(self.directory.glob(f"{_MERGED_PREFIX}*.npz")) + sorted(
@@ -404,7 +406,10 @@ def label_with_teacher(
             bar.update(len(chunk_keys))
     if cache is not None:
         # A complete run: fold the per-batch files (and earlier merged files) into one, so loading stays fast.
-        cache.merge()
+        try:
+            cache.merge()
+        except OSError as error:  # e.g. a read-only shared cache that already held everything
+            logger.warning("Could not merge the teacher-logit cache files in %s: %s", cache.directory, error)
 
     column = [known[key].tolist() for key in keys]
     if output_column in dataset.column_names:
