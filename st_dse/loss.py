@@ -178,7 +178,8 @@ def gold_loss(logits: Tensor, gold: Tensor, problem_type: str) -> Tensor:
     """The task loss on rows with a gold label (NaN marks rows without one); zero when no row has one."""
     has_gold = ~torch.isnan(gold)
     if not has_gold.any():
-        return logits.new_zeros(())
+        # Zero, but still connected to the graph: a gold-only step on such a batch must backpropagate.
+        return logits.sum() * 0.0
     logits, gold = logits[has_gold], gold[has_gold].to(logits.dtype)
     if problem_type == "binary":
         if ((gold != 0) & (gold != 1)).any():

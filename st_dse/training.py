@@ -20,6 +20,7 @@ from sentence_transformers import (
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 from sentence_transformers.cross_encoder import losses as cross_encoder_losses
+from transformers import set_seed
 
 from st_dse.head import build_student, get_pair_head, head_learning_rate_mapping
 from st_dse.loss import DSE_CITATION, DSELoss, pack_dse_labels
@@ -108,6 +109,7 @@ def finetune_teacher(
     """
     task = get_task(task)
     output_dir = Path(output_dir)
+    set_seed(seed)  # the trainer seeds only after the model exists; the fresh classifier must be seeded too
     cross_encoder = CrossEncoder(
         resolve_model_name(base_model),
         num_labels=task.num_labels,
@@ -135,7 +137,7 @@ def finetune_teacher(
         train_dataset=train_dataset.select_columns(["sentence1", "sentence2", "label"]),
         loss=_cross_encoder_loss(task, cross_encoder),
     )
-    trainer.train(resume_from_checkpoint=resume and _has_checkpoint(output_dir / "checkpoints"))
+    trainer.train(resume_from_checkpoint=_resume_point(resume, output_dir / "checkpoints"))
     cross_encoder.save(str(output_dir))
     if eval_dataset is not None:
         metrics = evaluate_cross_encoder(cross_encoder, task, eval_dataset)
@@ -153,8 +155,29 @@ def _distributed_cpu_run() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
-def _has_checkpoint(directory: Path) -> bool:
-    return directory.is_dir() and any(path.name.startswith("checkpoint-") for path in directory.iterdir())
+def last_complete_checkpoint(directory: Path) -> str | None:
+    """The newest ``checkpoint-N`` that was written completely, or None.
+
+    The trainer writes ``trainer_state.json`` last, so a run killed while saving leaves a newer, partial folder that
+    resuming "from the last checkpoint" by number would trip over.
+    """
+    if not directory.is_dir():
+        return None
+    complete = [
+        path
+        for path in directory.glob("checkpoint-*")
+        if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()
+    ]
+    if not complete:
+        return None
+    return str(max(complete, key=lambda path: int(path.name.split("-")[-1])))
+
+
+def _resume_point(resume: bool, directory: Path) -> str | None:
+    checkpoint = last_complete_checkpoint(directory) if resume else None
+    if resume:
+        logger.info("Resuming from %s", checkpoint or "the start: no complete checkpoint found")
+    return checkpoint
 
 
 def distill_student(
@@ -184,6 +207,7 @@ def distill_student(
     """
     task = get_task(task)
     output_dir = Path(output_dir)
+    set_seed(seed)  # the trainer seeds only after the model exists; the fresh PairHead must be seeded too
     student = build_student(
         student_model,
         num_labels=task.num_labels,
@@ -225,7 +249,7 @@ def distill_student(
     )
     loss = DSELoss(student, distillation_weight=distillation_weight, symmetric=symmetric)
     trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train, loss=loss, evaluator=evaluator)
-    trainer.train(resume_from_checkpoint=resume and _has_checkpoint(output_dir / "checkpoints"))
+    trainer.train(resume_from_checkpoint=_resume_point(resume, output_dir / "checkpoints"))
     return student
 
 

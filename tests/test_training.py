@@ -71,3 +71,15 @@ def test_task_metrics_from_logits():
     assert metrics["f1"] == pytest.approx(100 * 2 / 3)
     regression = task_metrics("stsb", np.array([0.1, 0.4, 0.3]), [1.0, 4.0, 3.0])
     assert regression["spearman"] == pytest.approx(100.0)
+
+
+def test_resume_skips_a_checkpoint_left_half_written(tmp_path):
+    from st_dse.training import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+    for step, complete in ((4, True), (8, True), (12, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
