@@ -48,6 +48,10 @@ STORAGE_DTYPES = ("float32", "float16", "int8")
 INDEX_FORMAT_VERSION = 1
 CONFIG_NAME = "candidate_index.json"
 FAISS_NAME = "faiss.index"
+# How many candidates the concat head rescores exactly after a faiss prefilter, and after a bfloat16 screen (whose
+# rounding error is small, so a short list suffices).
+DEFAULT_PREFILTER_RERANK = 1000
+DEFAULT_RESCORE = 100
 # Scores of at most this many (query, candidate) floats are held at once; bounds memory for big query batches.
 SCORE_BUFFER_ELEMENTS = 1 << 25
 
@@ -221,8 +225,8 @@ class CandidateIndex:
         faiss_params: faiss search parameters, e.g. ``"nprobe=64"`` or ``"efSearch=512"``.
         prefilter_metric: Concat prefilter only: ``"cosine"`` (inner product of normalised embeddings; the default),
             ``"inner_product"`` or ``"l2"``.
-        rerank_k: Concat prefilter only: how many prefiltered candidates the head re-ranks (default 1000). More is
-            slower and closer to exhaustive search.
+        rerank_k: Concat head: how many candidates the head rescores exactly after a faiss prefilter (default
+            1000) or a bfloat16 screen (default 100). More is slower and closer to exhaustive search.
         precision: Concat head only. ``"bfloat16"`` scores every candidate with bfloat16 matrix products (several
             times faster on CPUs with AMX or AVX512-BF16), then rescores the best ``rerank_k`` in float32, so returned
             scores are exact and the ranking differs from exhaustive float32 only where bfloat16 rounding pushes a
@@ -249,7 +253,7 @@ class CandidateIndex:
         faiss_index: str | None = None,
         faiss_params: str | None = None,
         prefilter_metric: PrefilterMetric = "cosine",
-        rerank_k: int = 1000,
+        rerank_k: int | None = None,
         precision: Precision = "float32",
         fingerprint: str | None = None,
         *,
@@ -292,7 +296,7 @@ class CandidateIndex:
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}.")
         if precision == "bfloat16" and self.head.head_type != "concat":
             raise ValueError("precision='bfloat16' applies to the concat head; a factorized head is already cheap.")
-        if rerank_k < 1:
+        if rerank_k is not None and rerank_k < 1:
             raise ValueError(f"rerank_k must be positive, got {rerank_k}.")
         self.chunk_size = chunk_size
         self.storage_dtype: StorageDtype = self.embeddings.dtype
@@ -432,7 +436,8 @@ class CandidateIndex:
         ``(num_queries, min(top_k, len(index)))``."""
         query_embeddings = self._check_query_embeddings(query_embeddings)
         top_k = min(top_k, len(self))
-        rerank_k = max(rerank_k or self.rerank_k, top_k)
+        default = DEFAULT_PREFILTER_RERANK if self.faiss is not None else DEFAULT_RESCORE
+        rerank_k = max(rerank_k or self.rerank_k or default, top_k)
         if top_k <= 0 or len(query_embeddings) == 0:
             empty = torch.zeros((len(query_embeddings), 0))
             return empty, empty.long()
@@ -667,30 +672,32 @@ class CandidateIndex:
 
 
 def _concat_scores(
-    head: PairHead, query: Tensor, candidates: Tensor, label_index: int, precision: Precision = "float32"
+    head: PairHead,
+    query: Tensor,
+    candidates: Tensor,
+    label_index: int,
+    precision: Precision = "float32",
 ) -> Tensor:
     """Concat-head logits ``(n,)`` of one query ``(d,)`` against candidates ``(n, d)``, for one label.
 
-    The first layer ``W [u, v, u*v, |u-v|] + b`` is regrouped as ``[v, |u-v|] @ [W_v + W_mul * u, W_diff]^T +
-    (W_u u + b)``: one matrix product of width ``2d`` per query instead of ``4d`` per pair.
+    The first layer ``W [u, v, u*v, |u-v|] + b`` is regrouped as ``v @ (W_v + W_mul * u)^T + |u-v| @ W_diff^T +
+    (W_u u + b)``: two ``(n, d) @ (d, hidden)`` products per query instead of one of width ``4d`` per pair. With
+    ``precision="bfloat16"`` the products run in bfloat16 (``candidates`` may already be bfloat16): a fast screen
+    whose scores are rounded to about three significant digits.
     """
     first, _, _, second = head.classifier
     dtype = first.weight.dtype
     query = query.to(dtype)
-    candidates = candidates.to(dtype)
     w_u, w_v, w_mul, w_diff = first.weight.split(head.in_features, dim=1)
     query_bias = torch.addmv(first.bias, w_u, query)
-    weights = torch.cat([w_v + w_mul * query, w_diff], dim=1).T  # (2d, hidden)
-    features = torch.empty((len(candidates), 2 * head.in_features), dtype=dtype)  # (n, 2d): [v, |u - v|]
-    features[:, : head.in_features] = candidates
-    torch.sub(candidates, query, out=features[:, head.in_features :]).abs_()
-    if precision == "bfloat16":
-        hidden = (features.to(torch.bfloat16) @ weights.to(torch.bfloat16)).to(dtype)
-        hidden += query_bias
-    else:
-        hidden = torch.addmm(query_bias, features, weights)
+    candidate_weights = (w_v + w_mul * query).T  # (d, hidden)
+    compute = torch.bfloat16 if precision == "bfloat16" else dtype
+    candidates = candidates.to(compute)
+    query = query.to(compute)
+    hidden = torch.addmm(query_bias.to(compute), candidates, candidate_weights.to(compute))
+    hidden.addmm_(torch.sub(candidates, query).abs_(), w_diff.T.to(compute))
     hidden.relu_()
-    return torch.addmv(second.bias[label_index], hidden, second.weight[label_index]).float()
+    return torch.mv(hidden, second.weight[label_index].to(compute)).float() + second.bias[label_index].float()
 
 
 def _faiss_nbytes(index) -> int:
