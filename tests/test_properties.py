@@ -29,12 +29,7 @@ FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 EMBEDDING_DIM = 16  # the tiny encoder's
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

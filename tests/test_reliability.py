@@ -34,13 +34,7 @@ from st_dse.training import distill_student, evaluate_student
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Two threads on a shared 2-core machine run many times slower than one; results do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build_tiny_encoder(folder: Path, minilm_path: str) -> Path:

@@ -38,13 +38,7 @@ def _cross_encoder(path: str, num_labels: int, seed: int = 0) -> CrossEncoder:
     return CrossEncoder(path, num_labels=num_labels, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Two threads on a shared 2-core machine run many times slower than one; results do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
