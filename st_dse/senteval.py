@@ -234,6 +234,26 @@ def load_binary_task(task: str, data_dir: str | Path, max_samples: int | None = 
     return SentenceData.sorted_like_senteval(sentences, [1] * len(positives) + [0] * len(negatives))
 
 
+def _names_malformed_data(loader):
+    """Turn a parsing error inside a SentEval loader into a ValueError that names the task folder and the problem."""
+
+    @functools.wraps(loader)
+    def load(data_dir, *args, **kwargs):
+        try:
+            return loader(data_dir, *args, **kwargs)
+        except (IndexError, KeyError, ValueError) as error:
+            if isinstance(error, ValueError) and str(data_dir) in str(error):
+                raise  # already names its file
+            raise ValueError(
+                f"Malformed SentEval data under {data_dir} ({loader.__name__}: {type(error).__name__}: {error}). "
+                "A line has too few fields or an unknown label; use an unmodified copy of SentEval's data "
+                "(data/downstream/get_transfer_data.bash)."
+            ) from error
+
+    return load
+
+
+@_names_malformed_data
 def load_sst2(data_dir: str | Path, max_samples: int | None = None) -> dict[str, SentenceData]:
     """SST binary: ``sentence<TAB>label`` lines in sentiment-{train,dev,test}."""
     task_dir = _downstream_dir(data_dir) / "SST" / "binary"
@@ -248,6 +268,7 @@ def load_sst2(data_dir: str | Path, max_samples: int | None = None) -> dict[str,
     return splits
 
 
+@_names_malformed_data
 def load_trec(data_dir: str | Path, max_samples: int | None = None) -> dict[str, SentenceData]:
     """TREC: ``COARSE:fine question`` lines; train_5500.label is latin-1 (SentEval reads both files as latin-1)."""
     task_dir = _downstream_dir(data_dir) / "TREC"
@@ -264,6 +285,7 @@ def load_trec(data_dir: str | Path, max_samples: int | None = None) -> dict[str,
     return splits
 
 
+@_names_malformed_data
 def load_mrpc(data_dir: str | Path, max_samples: int | None = None) -> dict[str, PairData]:
     """MRPC: tab-separated ``Quality, #1 ID, #2 ID, #1 String, #2 String`` with a header row."""
     task_dir = _downstream_dir(data_dir) / "MRPC"
@@ -280,6 +302,7 @@ def load_mrpc(data_dir: str | Path, max_samples: int | None = None) -> dict[str,
 SICK_FILES = {"train": "SICK_train.txt", "dev": "SICK_trial.txt", "test": "SICK_test_annotated.txt"}
 
 
+@_names_malformed_data
 def load_sick(
     data_dir: str | Path, target: str, splits: Iterable[str] = ("train", "dev", "test"), max_samples: int | None = None
 ) -> dict[str, PairData]:
@@ -299,6 +322,7 @@ def load_sick(
     return loaded
 
 
+@_names_malformed_data
 def load_sts_dataset(year_dir: str | Path, dataset: str, max_samples: int | None = None) -> PairData:
     """One STS12-16 dataset: ``STS.input.<name>.txt`` (two tab-separated sentences) and ``STS.gs.<name>.txt``.
 
@@ -319,6 +343,7 @@ def load_sts_dataset(year_dir: str | Path, dataset: str, max_samples: int | None
     )
 
 
+@_names_malformed_data
 def load_stsbenchmark(data_dir: str | Path, split: str = "test", max_samples: int | None = None) -> PairData:
     """SentEval's STSBenchmark copy: tab-separated genre, file, year, id, score, sentence1, sentence2."""
     path = _downstream_dir(data_dir) / "STS" / "STSBenchmark" / f"sts-{split}.csv"

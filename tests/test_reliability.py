@@ -373,3 +373,17 @@ def test_real_trec_train_file_is_latin1_and_loads(data_dir):
     splits = load_trec(data_dir / "senteval" / "data")
     assert (len(splits["train"].sentences), len(splits["test"].sentences)) == (5452, 500)
     assert any(not sentence.isascii() for sentence in splits["train"].sentences)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [("HUM:ind\n", "IndexError"), ("NOPE:x What is this ?\n", "unknown TREC label")],
+)
+def test_malformed_senteval_line_names_the_data(tmp_path, line, problem):
+    trec = tmp_path / "downstream" / "TREC"
+    trec.mkdir(parents=True)
+    (trec / "train_5500.label").write_text("DESC:def What is a cat ?\n" + line, encoding="latin-1")
+    (trec / "TREC_10.label").write_text("DESC:def What is a dog ?\n", encoding="latin-1")
+    with pytest.raises(ValueError, match=problem) as error:
+        load_trec(tmp_path)
+    assert str(tmp_path) in str(error.value)
