@@ -113,13 +113,13 @@ def test_bfloat16_screen_returns_exact_scores(students, candidates, queries):
     student = students["concat"]
     exact = brute_force_scores(student, queries, candidates)
     # Rescoring every candidate: identical to exhaustive float32 search.
-    full = CandidateIndex(student, candidates, precision="bfloat16", rerank_k=NUM_CANDIDATES)
+    full = CandidateIndex(student, candidates, precision="bfloat16", rescore_k=NUM_CANDIDATES)
     scores, ids = full.search_embeddings(queries, top_k=5)
     expected_scores, expected_ids = exact.topk(5, dim=1)
     assert torch.equal(ids, expected_ids)
     torch.testing.assert_close(scores, expected_scores, atol=1e-4, rtol=1e-5)
     # A short rescoring list: whatever comes back carries its exact float32 score.
-    short = CandidateIndex(student, candidates, precision="bfloat16", rerank_k=8)
+    short = CandidateIndex(student, candidates, precision="bfloat16", rescore_k=8)
     scores, ids = short.search_embeddings(queries, top_k=5)
     torch.testing.assert_close(scores, exact.gather(1, ids), atol=1e-4, rtol=1e-5)
 
@@ -128,7 +128,9 @@ def test_bfloat16_screen_returns_exact_scores(students, candidates, queries):
 def test_prefilter_rerank_returns_exact_head_scores(students, candidates, queries, spec):
     student = students["concat"]
     params = "nprobe=4" if spec.startswith("IVF") else None
-    index = CandidateIndex(student, candidates, faiss_index=spec, faiss_params=params, rerank_k=10)
+    index = CandidateIndex(
+        student, candidates, faiss_index=spec, faiss_params=params, prefilter_metric="cosine", rerank_k=10
+    )
     scores, ids = index.search_embeddings(queries, top_k=5)
     exact = brute_force_scores(student, queries, candidates)
     torch.testing.assert_close(scores, exact.gather(1, ids), atol=1e-4, rtol=1e-5)
@@ -141,6 +143,32 @@ def test_prefilter_rerank_returns_exact_head_scores(students, candidates, querie
     # Re-ranking every candidate gives exhaustive search back.
     scores, ids = index.search_embeddings(queries, top_k=5, rerank_k=NUM_CANDIDATES)
     assert torch.equal(ids, exact.topk(5, dim=1).indices)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_head_surrogate_prefilter(minilm_path, candidates, queries, precision):
+    student = _student(minilm_path, "concat")
+    index = CandidateIndex(student, candidates, faiss_index="Flat", rerank_k=12, precision=precision, rescore_k=6)
+    scores, ids = index.search_embeddings(queries, top_k=5)
+    exact = brute_force_scores(student, queries, candidates)
+    torch.testing.assert_close(scores, exact.gather(1, ids), atol=1e-4, rtol=1e-5)
+    assert index.surrogate_query_vectors(queries).shape == (3, 2 * DIM)
+
+    # A head whose hidden units are always active and that ignores |u - v| is linear in v: the surrogate is then
+    # exact up to a per-query constant, so a shortlist of exactly top_k candidates already holds the true top k.
+    head = get_pair_head(student)
+    with torch.no_grad():
+        head.classifier[0].bias.fill_(100.0)
+        head.classifier[0].weight[:, 3 * DIM :] = 0.0
+    linear_index = CandidateIndex(student, candidates, faiss_index="Flat", rerank_k=5)
+    exact = brute_force_scores(student, queries, candidates)
+    surrogate = (
+        linear_index.surrogate_query_vectors(queries)
+        @ torch.from_numpy(np.concatenate([candidates, candidates**2], axis=1)).T
+    )
+    offsets = exact - surrogate
+    torch.testing.assert_close(offsets, offsets[:, :1].expand_as(offsets), atol=2e-2, rtol=1e-4)
+    assert torch.equal(linear_index.search_embeddings(queries, top_k=5)[1], exact.topk(5, dim=1).indices)
 
 
 @pytest.mark.parametrize(("spec", "exact"), [("Flat", True), ("HNSW8", False)])
