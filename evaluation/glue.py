@@ -34,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 import st_dse
 from st_dse.models import DEFAULT_MODEL
 from st_dse.tasks import TaskSpec, compute_metrics, get_task, load_task
-from st_dse.training import evaluate_cross_encoder, evaluate_student
+from st_dse.training import evaluate_cross_encoder, evaluate_student, relative_degradation
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 logger = logging.getLogger("glue")
@@ -91,14 +91,13 @@ def evaluate_task(
         "DSE student": runs_dir / task.name,
         "gold-only student": runs_dir / f"{task.name}-gold",
     }
-    teacher_path = paths["teacher"]
     dse_info = runs_dir / task.name / "dse.json"
-    if dse_info.is_file() and json.loads(dse_info.read_text()).get("teacher"):
-        teacher_path = Path(json.loads(dse_info.read_text())["teacher"])  # a run given --teacher PATH
-        paths["teacher"] = teacher_path
-    if (teacher_path / "config.json").is_file():
+    given_teacher = json.loads(dse_info.read_text()).get("teacher") if dse_info.is_file() else None
+    if given_teacher:
+        paths["teacher"] = Path(given_teacher)  # a run given --teacher PATH
+    if (paths["teacher"] / "config.json").is_file():
         start = time.perf_counter()
-        teacher = CrossEncoder(str(teacher_path))
+        teacher = CrossEncoder(str(paths["teacher"]))
         systems["teacher"] = {
             split: evaluate_cross_encoder(teacher, task, data) for split, data in evaluations.items()
         }
@@ -123,9 +122,7 @@ def evaluate_task(
         for system in ("DSE student", "gold-only student"):
             if system in systems:
                 degradation[system] = {
-                    split: 100
-                    * (systems["teacher"][split][main_metric] - metrics[main_metric])
-                    / systems["teacher"][split][main_metric]
+                    split: relative_degradation(systems["teacher"][split], metrics, main_metric)
                     for split, metrics in systems[system].items()
                 }
     return {

@@ -29,6 +29,7 @@ from st_dse.training import (
     evaluate_cross_encoder,
     evaluate_student,
     finetune_teacher,
+    relative_degradation,
     save_student,
 )
 
@@ -133,11 +134,8 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
     metrics["student"] = evaluate_student(student, task, dev)
     logger.info("Student dev metrics: %s", metrics["student"])
     if "teacher" in metrics:
-        main_metric = task.main_metric
-        degradation = (
-            100 * (metrics["teacher"][main_metric] - metrics["student"][main_metric]) / metrics["teacher"][main_metric]
-        )
-        logger.info("Relative degradation of %s against the teacher: %.2f%%", main_metric, degradation)
+        degradation = relative_degradation(metrics["teacher"], metrics["student"], task.main_metric)
+        logger.info("Relative degradation of %s against the teacher: %.2f%%", task.main_metric, degradation)
     results = {
         "distillation_weight": args.distillation_weight,
         "student_base": args.student,

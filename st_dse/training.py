@@ -38,6 +38,11 @@ def task_metrics(task: TaskSpec | str, logits: np.ndarray, labels) -> dict[str, 
     return compute_metrics(task, logits_to_predictions(task, logits), list(labels))
 
 
+def relative_degradation(teacher_metrics: dict[str, float], student_metrics: dict[str, float], metric: str) -> float:
+    """How much worse the student is than the teacher on ``metric``, in percent of the teacher's value."""
+    return 100 * (teacher_metrics[metric] - student_metrics[metric]) / teacher_metrics[metric]
+
+
 def evaluate_student(
     model: SentenceTransformer, task: TaskSpec | str, dataset: datasets.Dataset, batch_size: int = 64
 ):
