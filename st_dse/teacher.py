@@ -369,8 +369,10 @@ def label_with_teacher(
     fingerprint = teacher_fingerprint(cross_encoder)
     cache = TeacherLogitCache(cache_dir or default_cache_dir(), fingerprint) if use_cache else None
     known: dict[bytes, np.ndarray] = {}
-    # Distinct uncached pairs in dataset order. Chunks are cut from this order, so a rerun after an interruption
-    # forms exactly the chunks the uninterrupted run would have formed for the rest, and gets identical logits.
+    # Distinct uncached pairs, labelled longest first (characters, as CrossEncoder.predict sorts) with the pair key
+    # breaking ties. Sorting across the whole to-do list, not only inside each chunk, keeps one-batch chunks about as
+    # little padded as one big predict call. The order is total and cached chunks are a prefix of it, so a rerun after
+    # an interruption forms exactly the chunks the uninterrupted run would have formed for the rest: identical logits.
     todo: dict[bytes, tuple[str, str]] = {}
     for key, a, b in zip(keys, sentences1, sentences2):
         if cache is not None and key in cache:
@@ -390,7 +392,7 @@ def label_with_teacher(
 
     if show_progress_bar is None:
         show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
-    todo_keys = list(todo)
+    todo_keys = sorted(todo, key=lambda key: (-(len(todo[key][0]) + len(todo[key][1])), key))
     with tqdm(total=len(todo_keys), desc="Teacher labelling", unit="pair", disable=not show_progress_bar) as bar:
         for start in range(0, len(todo_keys), chunk_size):
             chunk_keys = todo_keys[start : start + chunk_size]

@@ -168,6 +168,23 @@ def test_default_chunk_is_one_teacher_batch(teacher, tmp_path, monkeypatch):
     assert calls == [2, 2, 1]
 
 
+def test_batches_are_cut_from_the_pairs_sorted_longest_first(teacher, tmp_path, monkeypatch):
+    # One-batch chunks must not cost predict()'s length sorting: pairs are ordered by length before chunking.
+    batches = []
+    original = teacher.predict
+    monkeypatch.setattr(
+        teacher, "predict", lambda pairs, **kwargs: batches.append(list(pairs)) or original(pairs, **kwargs)
+    )
+    labelled = label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, batch_size=2)
+    lengths = [[len(a) + len(b) for a, b in batch] for batch in batches]
+    assert [length for batch in lengths for length in batch] == sorted(
+        (len(a) + len(b) for a, b in zip(PAIRS["sentence1"], PAIRS["sentence2"])), reverse=True
+    )
+    # The column is still in dataset order.
+    reference = teacher.predict(_pairs(PAIRS), activation_fn=torch.nn.Identity())
+    np.testing.assert_allclose(np.array(labelled["teacher_logits"])[:, 0], reference, atol=1e-5)
+
+
 def test_complete_run_leaves_one_merged_file(teacher, tmp_path, monkeypatch):
     first = label_with_teacher(teacher, PAIRS, cache_dir=tmp_path, batch_size=2)
     assert [path.name.split("-")[0] for path in tmp_path.rglob("*.npz")] == ["merged"]
