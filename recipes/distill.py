@@ -21,6 +21,8 @@ from pathlib import Path
 
 from sentence_transformers import CrossEncoder
 
+from st_dse.augment import STRATEGIES, augment_pairs, with_augmented
+from st_dse.head import load_model
 from st_dse.models import DEFAULT_MODEL, resolve_model_name
 from st_dse.tasks import TASKS, get_task, load_task
 from st_dse.teacher import label_with_teacher
@@ -54,11 +56,29 @@ def parse_args(argv: list[str] | None = None, task: str | None = None) -> argpar
     parser.add_argument("--head", choices=["concat", "factorized"], default="concat")
     parser.add_argument("--hidden-dim", type=int, default=512)
     parser.add_argument("--symmetric", action="store_true", help="also train on each pair in the other order")
+    parser.add_argument(
+        "--augment",
+        type=float,
+        default=0.0,
+        metavar="FACTOR",
+        help="add FACTOR x (train size) teacher-labelled pairs made of the train sentences (st_dse.augment)",
+    )
+    parser.add_argument(
+        "--augment-strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES), metavar="STRATEGY"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--cache-dir", help="teacher-logit cache (default: $ST_DSE_CACHE or ~/.cache/st_dse)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the student to this Hub repository")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.augment < 0:
+        parser.error(f"--augment must be >= 0 (new pairs per train pair), got {args.augment}.")
+    if args.augment > 0 and args.distillation_weight == 0:
+        parser.error(
+            "--augment adds pairs that only the teacher labels; a gold-only run (--distillation-weight 0) cannot "
+            "learn from them. Drop --augment, or give the run a teacher (--distillation-weight > 0)."
+        )
+    return args
 
 
 def load_or_train_teacher(args: argparse.Namespace, task, train, dev) -> tuple[CrossEncoder, str]:
@@ -107,6 +127,20 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
         start = time.perf_counter()
         train = label_with_teacher(teacher, train, cache_dir=args.cache_dir)
         timings["labelling"] = time.perf_counter() - start
+        if args.augment > 0:
+            start = time.perf_counter()
+            needs_model = "neighbours" in args.augment_strategies
+            extra = augment_pairs(
+                train,
+                factor=args.augment,
+                strategies=args.augment_strategies,
+                model=load_model(args.student) if needs_model else None,
+                seed=args.seed,
+            )
+            extra = label_with_teacher(teacher, extra, cache_dir=args.cache_dir)
+            train = with_augmented(train, extra)
+            timings["augmentation"] = time.perf_counter() - start
+            logger.info("Training on %d pairs, %d of them teacher-labelled only", len(train), len(extra))
         del teacher
 
     # 3. Train the student with DSELoss, evaluating on dev each epoch and keeping the best checkpoint.

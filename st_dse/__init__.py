@@ -6,6 +6,7 @@ candidates are encoded once and every query costs one encode plus cheap head eva
 
 from __future__ import annotations
 
+from st_dse.augment import augment_pairs, with_augmented
 from st_dse.head import (
     PairHead,
     add_pair_head,
@@ -29,6 +30,7 @@ __all__ = [
     "PairHead",
     "TeacherLogitCache",
     "add_pair_head",
+    "augment_pairs",
     "build_student",
     "get_pair_head",
     "head_learning_rate_mapping",
@@ -39,4 +41,5 @@ __all__ = [
     "resolve_model_name",
     "score_pairs",
     "teacher_fingerprint",
+    "with_augmented",
 ]
