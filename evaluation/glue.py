@@ -151,6 +151,27 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary_table(results: list[dict]) -> str:
+    """One row per task: each system's main metric on the first evaluation split, and what distillation bought."""
+    systems = ("teacher", "DSE student", "gold-only student", "base model (cosine)")
+    lines = [
+        "| task | split | metric | " + " | ".join(systems) + " | DSE rel. degradation | DSE - gold-only |",
+        "|---|---|---|" + "---:|" * (len(systems) + 2),
+    ]
+    for result in results:
+        split = eval_splits(get_task(result["task"]))[0]
+        main = result["main_metric"]
+        values = {name: result["systems"].get(name, {}).get(split, {}).get(main) for name in systems}
+        cells = [f"{values[name]:.2f}" if values[name] is not None else "" for name in systems]
+        degradation = result["relative_degradation_pct"].get("DSE student", {}).get(split)
+        dse, gold = values["DSE student"], values["gold-only student"]
+        gap = f"{dse - gold:+.2f}" if dse is not None and gold is not None else ""
+        degradation_cell = f"{degradation:.2f}%" if degradation is not None else ""
+        row = [result["task"], split, main, *cells, degradation_cell, gap]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -169,8 +190,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.train_missing:
             train_missing(task, runs_dir, args.data_dir)
         results.append(evaluate_task(task, runs_dir, args.data_dir, args.base_model, args.max_samples))
-    table = markdown_table(results)
-    print(table)
+    print(markdown_table(results))
+    print()
+    print(summary_table(results))
     mains = [
         degradation
         for result in results

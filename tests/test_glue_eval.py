@@ -47,4 +47,9 @@ def test_glue_evaluation_reports_every_system(runs, data_dir, minilm_path, capsy
     assert results[0]["relative_degradation_pct"]["DSE student"]["validation"] == pytest.approx(expected)
     saved = json.loads((runs / "glue_results.json").read_text())
     assert saved["tasks"][0]["task"] == "mrpc"
-    assert "| mrpc | validation | DSE student |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| mrpc | validation | DSE student |" in out
+    # The one-row-per-task summary: main metric of each system, degradation, and the gap to gold-only.
+    gap = systems["DSE student"]["validation"]["accuracy"] - systems["gold-only student"]["validation"]["accuracy"]
+    summary_row = next(line for line in out.splitlines() if line.startswith("| mrpc | validation | accuracy |"))
+    assert summary_row.split("|")[-2].strip() == f"{gap:+.2f}"
