@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--max-train-samples", type=int)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (GPU)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     return parser.parse_args(argv)
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         max_length=args.max_length,
         seed=args.seed,
         resume=args.resume,
+        bf16=args.bf16,
     )
     logging.info("Teacher trained in %.0f s and saved to %s", time.perf_counter() - start, args.output_dir)
 

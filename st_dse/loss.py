@@ -122,6 +122,8 @@ class DSELoss(nn.Module):
 
     def _pair_loss(self, logits: Tensor, gold: Tensor, teacher_logits: Tensor | None, problem_type: str) -> Tensor:
         weight = self.distillation_weight
+        # Compare in float32 even under bf16/fp16 autocast: teacher logits would lose digits in half precision.
+        logits = logits.float()
         loss = logits.new_zeros(())
         if weight < 1.0:
             loss = loss + (1.0 - weight) * gold_loss(logits, gold, problem_type)

@@ -105,12 +105,14 @@ def finetune_teacher(
     max_length: int | None = 128,
     seed: int = 42,
     resume: bool = False,
+    bf16: bool = False,
 ) -> CrossEncoder:
     """Fine-tune a CrossEncoder teacher on a task's train split and save it to ``output_dir``.
 
     The teacher outputs raw logits: one for binary tasks (trained with BCE) and regression (trained with MSE on the
     gold score), k for k-way tasks (cross-entropy). The freshly initialised classification layer gets its own
-    ``classifier_learning_rate`` (None: the encoder's), for the same reason as the student's PairHead.
+    ``classifier_learning_rate`` (None: the encoder's), for the same reason as the student's PairHead. ``bf16``
+    trains in bfloat16 mixed precision (GPUs that support it); the saved weights stay float32.
     """
     task = get_task(task)
     output_dir = Path(output_dir)
@@ -135,6 +137,7 @@ def finetune_teacher(
         seed=seed,
         report_to="none",
         use_cpu=_distributed_cpu_run(),
+        bf16=bf16,
     )
     trainer = CrossEncoderTrainer(
         model=cross_encoder,
@@ -204,11 +207,13 @@ def distill_student(
     max_seq_length: int | None = 128,
     seed: int = 42,
     resume: bool = False,
+    bf16: bool = False,
 ) -> SentenceTransformer:
     """Train a DSE student on teacher-labelled pairs (``teacher_logits`` column) and return it, best checkpoint loaded.
 
     With ``distillation_weight=0`` this is the gold-only baseline: same architecture, same budget, no teacher (the
-    dataset then needs no ``teacher_logits`` column).
+    dataset then needs no ``teacher_logits`` column). ``bf16`` trains in bfloat16 mixed precision (GPUs that support
+    it); DSELoss still compares logits in float32.
     """
     task = get_task(task)
     output_dir = Path(output_dir)
@@ -251,6 +256,7 @@ def distill_student(
         # DSELoss calls the PairHead outside the model's forward (on the embeddings it returns); DDP accepts
         # parameters used outside forward only with a static graph, which a DSE training step is.
         ddp_static_graph=True,
+        bf16=bf16,
     )
     loss = DSELoss(student, distillation_weight=distillation_weight, symmetric=symmetric)
     trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train, loss=loss, evaluator=evaluator)

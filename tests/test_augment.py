@@ -118,3 +118,25 @@ def test_distill_recipe_trains_on_gold_plus_teacher_labelled_pairs(data_dir, min
     assert len(TeacherLogitCache(tmp_path / "cache", fingerprint)) == 32
     with pytest.raises(SystemExit):
         distill.main([*common, "--output-dir", str(tmp_path / "gold"), "--augment", "1", "--distillation-weight", "0"])
+
+
+def _distill_recipe():
+    spec = importlib.util.spec_from_file_location("recipe_distill_defaults", REPO_ROOT / "recipes" / "distill.py")
+    distill = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(distill)
+    return distill
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--teacher", "runs/mrpc-teacher"], 2.0),  # a trained teacher: augmentation on by default
+        ([], 0.0),  # the recipe fine-tunes its own quick teacher: off
+        (["--teacher", "runs/mrpc-teacher", "--distillation-weight", "0"], 0.0),  # gold-only: nothing to label
+        (["--teacher", "runs/mrpc-teacher", "--augment", "0"], 0.0),  # an explicit factor always wins
+        (["--augment", "1"], 1.0),
+    ],
+)
+def test_augmentation_default_follows_the_teacher(extra, expected):
+    args = _distill_recipe().parse_args(["--task", "mrpc", "--output-dir", "out", *extra])
+    assert args.augment == expected
