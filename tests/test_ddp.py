@@ -77,6 +77,8 @@ def test_distill_recipe_runs_under_torchrun(data_dir, teacher_path, tmp_path):
     )
     saved = json.loads((output_dir / "dse.json").read_text())
     assert saved["task"] == "mrpc" and set(saved["metrics"]) == {"teacher", "student"}
+    # A trained --teacher turns augmentation on by default, so both ranks also built and labelled the extra pairs.
+    assert saved["settings"]["augment"] == 2 and "augmentation" in saved["timings_s"]
     student = st_dse.load_student(str(output_dir), device="cpu")
     logits = st_dse.score_pairs(student, ["A man plays a guitar."], ["Someone plays the guitar."])
     assert logits.shape == (1,)
