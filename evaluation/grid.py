@@ -78,7 +78,9 @@ for task in TASKS:
         ]
         if SMOKE:
             cmd += ["--epochs", "1"]
-        jobs.append({"name": name, "task": task, "kind": "teacher", "cmd": cmd, "needs": None})
+        jobs.append(
+            {"name": name, "task": task, "kind": "teacher", "cmd": cmd, "needs": None, "out": str(RUNS / name)}
+        )
 
 
 def student(task: str, name: str, *extra: str, weight: float = 0.5, epochs: int = 4) -> dict:
@@ -161,7 +163,7 @@ def pick_teacher(task: str) -> str | None:
     metric = get_task(task).main_metric
     best, best_value, table = None, None, {}
     for j in teachers_of(task):
-        path = Path(j["cmd"][j["cmd"].index("--output-dir") + 1])
+        path = Path(j["out"])
         metrics_file = path / "dev_metrics.json"
         if not metrics_file.is_file():
             continue
@@ -227,13 +229,11 @@ while pending or running:
             break
         job = ready[0]
         pending.remove(job)
-        if job["kind"] == "student" and "--distillation-weight" in job["cmd"]:
-            weight = float(job["cmd"][job["cmd"].index("--distillation-weight") + 1])
-            if weight > 0:
-                if not best_teacher[job["task"]]:
-                    log(f"skip {job['name']}: no teacher")
-                    continue
-                job["cmd"] += ["--teacher", best_teacher[job["task"]]]
+        if job["needs"]:  # a DSE student: give it its task's chosen teacher
+            if not best_teacher[job["needs"]]:
+                log(f"skip {job['name']}: no teacher")
+                continue
+            job["cmd"] += ["--teacher", best_teacher[job["needs"]]]
         logfile = open(LOGS / (job["name"].replace("/", "__") + ".log"), "w")
         proc = subprocess.Popen(job["cmd"], stdout=logfile, stderr=subprocess.STDOUT, env=env)
         running[job["name"]] = (proc, job, time.time())

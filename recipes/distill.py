@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None, task: str | None = None) -> argpar
     if args.augment is None:
         # Augmentation pays off with a strong teacher (mpnet: +2.7 accuracy on MRPC, +3.0 on SICK-E); the quick
         # teacher a bare run fine-tunes from the student's own base is no better than gold labels, and labelling
-        # plus 3x the training steps would more than double the one-command run.
+        # plus 3x the training steps would about double the one-command run.
         args.augment = DEFAULT_AUGMENT if args.teacher and args.distillation_weight > 0 else 0.0
     if args.augment < 0:
         parser.error(f"--augment must be >= 0 (new pairs per train pair), got {args.augment}.")

@@ -100,11 +100,16 @@ def test_augmented_rows_carry_no_gold_label():
         with_augmented(train, augment_pairs(PAIRS, factor=1, strategies=["swap"]))
 
 
-@pytest.mark.slow
-def test_distill_recipe_trains_on_gold_plus_teacher_labelled_pairs(data_dir, minilm_path, tmp_path):
-    spec = importlib.util.spec_from_file_location("recipe_distill_augment", REPO_ROOT / "recipes" / "distill.py")
+def _distill_recipe():
+    spec = importlib.util.spec_from_file_location("recipe_distill", REPO_ROOT / "recipes" / "distill.py")
     distill = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(distill)
+    return distill
+
+
+@pytest.mark.slow
+def test_distill_recipe_trains_on_gold_plus_teacher_labelled_pairs(data_dir, minilm_path, tmp_path):
+    distill = _distill_recipe()
     torch.manual_seed(0)
     teacher_path = tmp_path / "teacher"
     CrossEncoder(minilm_path, num_labels=1, max_length=64, device="cpu").save(str(teacher_path))
@@ -118,13 +123,6 @@ def test_distill_recipe_trains_on_gold_plus_teacher_labelled_pairs(data_dir, min
     assert len(TeacherLogitCache(tmp_path / "cache", fingerprint)) == 32
     with pytest.raises(SystemExit):
         distill.main([*common, "--output-dir", str(tmp_path / "gold"), "--augment", "1", "--distillation-weight", "0"])
-
-
-def _distill_recipe():
-    spec = importlib.util.spec_from_file_location("recipe_distill_defaults", REPO_ROOT / "recipes" / "distill.py")
-    distill = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(distill)
-    return distill
 
 
 @pytest.mark.parametrize(
