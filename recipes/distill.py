@@ -61,6 +61,18 @@ def parse_args(argv: list[str] | None = None, task: str | None = None) -> argpar
     parser.add_argument(
         "--keep-normalize", action="store_true", help="keep the base model's Normalize layer (dropped by default)"
     )
+    parser.add_argument(
+        "--pooling-layers",
+        type=int,
+        metavar="K",
+        help="mean-pool the concatenated last K layers (the original DSE used 4); default: the base model's pooling",
+    )
+    parser.add_argument(
+        "--teacher-logit-scale",
+        type=float,
+        default=1.0,
+        help="multiply the teacher's logits by this in the distillation term (classification tasks)",
+    )
     parser.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps with a rising learning rate")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (GPU); teacher stays float32")
     parser.add_argument(
@@ -87,6 +99,11 @@ def parse_args(argv: list[str] | None = None, task: str | None = None) -> argpar
         # teacher a bare run fine-tunes from the student's own base is no better than gold labels, and labelling
         # plus 3x the training steps would about double the one-command run.
         args.augment = DEFAULT_AUGMENT if args.teacher and args.distillation_weight > 0 else 0.0
+    if args.teacher_logit_scale != 1.0 and get_task(args.task).problem_type == "regression":
+        parser.error(
+            f"--teacher-logit-scale applies to classification teachers; {args.task} is a regression task, whose "
+            "teacher predicts the label itself. Drop --teacher-logit-scale."
+        )
     if args.augment < 0:
         parser.error(f"--augment must be >= 0 (new pairs per train pair), got {args.augment}.")
     if args.augment > 0 and args.distillation_weight == 0:
@@ -176,6 +193,8 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
         head_learning_rate=args.head_lr,
         symmetric=args.symmetric,
         keep_normalize=args.keep_normalize,
+        pooling_layers=args.pooling_layers,
+        teacher_logit_scale=args.teacher_logit_scale,
         warmup_ratio=args.warmup_ratio,
         seed=args.seed,
         resume=args.resume,

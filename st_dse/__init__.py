@@ -9,6 +9,7 @@ from __future__ import annotations
 from st_dse.augment import augment_pairs, with_augmented
 from st_dse.head import (
     PairHead,
+    TopLayersConcat,
     add_pair_head,
     build_student,
     get_pair_head,
@@ -29,6 +30,7 @@ __all__ = [
     "DSELoss",
     "PairHead",
     "TeacherLogitCache",
+    "TopLayersConcat",
     "add_pair_head",
     "augment_pairs",
     "build_student",

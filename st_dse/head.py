@@ -259,6 +259,88 @@ class PairHead(Module):
         return head
 
 
+class TopLayersConcat(Module):
+    """Replaces the token embeddings with the concatenation of the encoder's last ``num_layers`` layers.
+
+    Placed between the Transformer and a mean Pooling module it gives the original DSE sentence embedding: the mean
+    over tokens of the concatenated top layers (4 in the paper), ``num_layers`` times the encoder's width. It has no
+    weights. The Transformer must return its hidden states (``config.output_hidden_states = True``, saved with the
+    model); :func:`build_student` with ``pooling_layers=k`` sets this up.
+
+    Args:
+        num_layers: How many of the last layers to concatenate.
+        embedding_dimension: Width of the concatenated token embeddings (``num_layers`` x the encoder's width).
+    """
+
+    config_keys: list[str] = ["num_layers", "embedding_dimension"]
+
+    def __init__(self, num_layers: int = 4, embedding_dimension: int | None = None) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}.")
+        self.num_layers = num_layers
+        self.embedding_dimension = embedding_dimension
+
+    def forward(self, features: dict[str, Tensor | Any], **kwargs) -> dict[str, Tensor | Any]:
+        layers = features.get("all_layer_embeddings")
+        if layers is None:
+            raise ValueError(
+                "TopLayersConcat needs the hidden states of every layer, but the Transformer returned none. Set "
+                "model[0].auto_model.config.output_hidden_states = True, or build the student with "
+                "st_dse.build_student(..., pooling_layers=k)."
+            )
+        # hidden_states holds the embedding layer's output first, then one entry per transformer layer.
+        if len(layers) - 1 < self.num_layers:
+            raise ValueError(
+                f"TopLayersConcat asks for the last {self.num_layers} layers, but the encoder has {len(layers) - 1}."
+            )
+        features["token_embeddings"] = torch.cat(list(layers[-self.num_layers :]), dim=-1)
+        return features
+
+    def get_embedding_dimension(self) -> int | None:
+        return self.embedding_dimension
+
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        self.save_config(output_path)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> Self:
+        hub_kwargs = {
+            key: kwargs[key] for key in ("token", "cache_folder", "revision", "local_files_only") if key in kwargs
+        }
+        return cls(**cls.load_config(model_name_or_path, subfolder=subfolder, **hub_kwargs))
+
+
+def use_top_layers_pooling(model: SentenceTransformer, num_layers: int = 4) -> None:
+    """Switch a Transformer + Pooling model to mean pooling over its concatenated last ``num_layers`` layers.
+
+    The original DSE embedding. The Pooling module is rebuilt for the wider token embeddings (its mode is kept) and
+    the Transformer is told to return every layer's hidden states, a setting saved in its ``config.json``.
+    """
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    modules = list(model._modules.values())
+    transformer = next((m for m in modules if isinstance(m, Transformer)), None)
+    pooling_index = next((i for i, m in enumerate(modules) if isinstance(m, Pooling)), None)
+    if transformer is None or pooling_index is None or any(isinstance(m, TopLayersConcat) for m in modules):
+        raise ValueError(
+            "Top-layers pooling needs a model made of a Transformer followed by a Pooling module (and no "
+            f"TopLayersConcat yet); this one has {[type(m).__name__ for m in modules]}."
+        )
+    num_hidden_layers = getattr(transformer.auto_model.config, "num_hidden_layers", None)
+    if num_hidden_layers is not None and num_layers > num_hidden_layers:
+        raise ValueError(f"pooling_layers={num_layers}, but the encoder has only {num_hidden_layers} layers.")
+    transformer.auto_model.config.output_hidden_states = True
+    old = modules[pooling_index]
+    width = num_layers * transformer.get_embedding_dimension()
+    pooling = Pooling(width, pooling_mode=old.pooling_mode, include_prompt=old.include_prompt)
+    modules[pooling_index : pooling_index + 1] = [TopLayersConcat(num_layers, embedding_dimension=width), pooling]
+    for name in list(model._modules):
+        del model._modules[name]
+    for index, module in enumerate(modules):
+        model.add_module(str(index), module)
+
+
 def get_pair_head(model: nn.Module) -> PairHead:
     """Return the :class:`PairHead` of a student model, with a clear error when there is none."""
     heads = [module for module in model.modules() if isinstance(module, PairHead)]
@@ -295,6 +377,7 @@ def build_student(
     head_type: HeadType = "concat",
     hidden_dim: int = 512,
     keep_normalize: bool = False,
+    pooling_layers: int | None = None,
     device: str | None = None,
     **head_kwargs,
 ) -> SentenceTransformer:
@@ -305,6 +388,8 @@ def build_student(
         num_labels, problem_type, head_type, hidden_dim: See :class:`PairHead`.
         keep_normalize: Keep a trailing ``Normalize`` module. By default it is dropped so that the head sees
             unnormalised embeddings, which trains better; cosine similarity of ``encode()`` output is unaffected.
+        pooling_layers: Mean-pool the concatenation of the encoder's last ``pooling_layers`` layers, as the original
+            DSE did with 4 (see :class:`TopLayersConcat`); None keeps the base model's pooling.
         device: Where to load the model; sentence-transformers picks one when None.
         **head_kwargs: More :class:`PairHead` arguments (``rank``, ``dropout``, ``label_names``).
     """
@@ -315,6 +400,8 @@ def build_student(
         for name, module in list(model._modules.items()):
             if isinstance(module, Normalize):
                 del model._modules[name]
+    if pooling_layers is not None:
+        use_top_layers_pooling(model, pooling_layers)
     add_pair_head(
         model,
         num_labels=num_labels,
@@ -340,7 +427,7 @@ def head_learning_rate_mapping(model: SentenceTransformer, learning_rate: float)
     raise ValueError("The PairHead is not a submodule of this model.")
 
 
-TRUSTED_MODULE_TYPES = frozenset({f"{PairHead.__module__}.{PairHead.__qualname__}"})
+TRUSTED_MODULE_TYPES = frozenset(f"{cls.__module__}.{cls.__qualname__}" for cls in (PairHead, TopLayersConcat))
 
 
 def load_student(model_name_or_path: str, **kwargs) -> SentenceTransformer:
@@ -349,7 +436,8 @@ def load_student(model_name_or_path: str, **kwargs) -> SentenceTransformer:
     sentence-transformers 6 imports a module class from outside its own package only with
     ``trust_remote_code=True``, even for an installed plugin such as st_dse. Rather than have users pass that flag for
     a whole folder, this function reads the folder's ``modules.json`` and ``config.json`` first and sets it only
-    when the one foreign class is st_dse's own :class:`PairHead` and the transformer config maps no custom code.
+    when the only foreign classes are st_dse's own (:class:`PairHead`, :class:`TopLayersConcat`) and the
+    transformer config maps no custom code.
     ``SentenceTransformer(path, trust_remote_code=True)`` loads the same model.
 
     Args:

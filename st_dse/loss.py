@@ -28,7 +28,13 @@ DSE_CITATION = """
 
 
 class DSELoss(nn.Module):
-    def __init__(self, model: SentenceTransformer, distillation_weight: float = 0.5, symmetric: bool = False) -> None:
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        distillation_weight: float = 0.5,
+        symmetric: bool = False,
+        teacher_logit_scale: float = 1.0,
+    ) -> None:
         """
         Distilled Sentence Embedding loss: ``(1 - w) * gold + w * distill``.
 
@@ -46,6 +52,10 @@ class DSELoss(nn.Module):
             distillation_weight: ``w`` in ``[0, 1]``. Defaults to 0.5, the paper's setting.
             symmetric: Also score each pair in the other order and average the two losses; for symmetric tasks
                 (paraphrase, similarity), where ``score(a, b)`` should equal ``score(b, a)``.
+            teacher_logit_scale: Multiply the teacher's logits by this before comparing: below 1 the student chases
+                softer targets (closer to the gold loss's scale), above 1 sharper ones. For classification only: a
+                regression teacher's output is in label units, which the gold loss also uses. Defaults to 1 (the
+                paper's raw logits).
 
         References:
             - Barkan et al., Scalable Attentive Sentence-Pair Modeling via Distilled Sentence Embedding, AAAI 2020:
@@ -93,8 +103,16 @@ class DSELoss(nn.Module):
         self.model = model
         self.distillation_weight = float(distillation_weight)
         self.symmetric = symmetric
+        if not (math.isfinite(teacher_logit_scale) and teacher_logit_scale > 0):
+            raise ValueError(f"teacher_logit_scale must be a positive number, got {teacher_logit_scale}.")
+        self.teacher_logit_scale = float(teacher_logit_scale)
         # Fail at construction, not at the first batch, when the model cannot score pairs.
-        get_pair_head(model)
+        head = get_pair_head(model)
+        if self.teacher_logit_scale != 1.0 and head.problem_type == "regression":
+            raise ValueError(
+                "teacher_logit_scale applies to classification teachers' logits; a regression teacher predicts the "
+                "label itself, on the gold loss's scale. Leave teacher_logit_scale at 1 for regression tasks."
+            )
 
     @property
     def head(self) -> PairHead:
@@ -114,6 +132,8 @@ class DSELoss(nn.Module):
     def compute_loss_from_embeddings(self, embeddings1: Tensor, embeddings2: Tensor, labels: Tensor) -> Tensor:
         head = self.head
         gold, teacher_logits = self.split_labels(labels, head.num_labels, len(embeddings1))
+        if teacher_logits is not None and self.teacher_logit_scale != 1.0:
+            teacher_logits = teacher_logits * self.teacher_logit_scale
         loss = self._pair_loss(head.score(embeddings1, embeddings2), gold, teacher_logits, head.problem_type)
         if self.symmetric:
             reverse = self._pair_loss(head.score(embeddings2, embeddings1), gold, teacher_logits, head.problem_type)
@@ -164,7 +184,11 @@ class DSELoss(nn.Module):
         return gold, teacher_logits
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"distillation_weight": self.distillation_weight, "symmetric": self.symmetric}
+        return {
+            "distillation_weight": self.distillation_weight,
+            "symmetric": self.symmetric,
+            "teacher_logit_scale": self.teacher_logit_scale,
+        }
 
     @property
     def citation(self) -> str:

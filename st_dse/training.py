@@ -203,7 +203,9 @@ def distill_student(
     head_learning_rate: float = 1e-3,
     warmup_ratio: float = 0.1,
     keep_normalize: bool = False,
+    pooling_layers: int | None = None,
     symmetric: bool = False,
+    teacher_logit_scale: float = 1.0,
     max_seq_length: int | None = 128,
     seed: int = 42,
     resume: bool = False,
@@ -212,8 +214,10 @@ def distill_student(
     """Train a DSE student on teacher-labelled pairs (``teacher_logits`` column) and return it, best checkpoint loaded.
 
     With ``distillation_weight=0`` this is the gold-only baseline: same architecture, same budget, no teacher (the
-    dataset then needs no ``teacher_logits`` column). ``bf16`` trains in bfloat16 mixed precision (GPUs that support
-    it); DSELoss still compares logits in float32.
+    dataset then needs no ``teacher_logits`` column). ``pooling_layers=4`` gives the original DSE embedding (mean over
+    the concatenated last 4 layers, see :class:`~st_dse.TopLayersConcat`); ``teacher_logit_scale`` multiplies the
+    teacher's logits in the distillation term (see :class:`~st_dse.DSELoss`). ``bf16`` trains in bfloat16 mixed
+    precision (GPUs that support it); DSELoss still compares logits in float32.
     """
     task = get_task(task)
     output_dir = Path(output_dir)
@@ -225,6 +229,7 @@ def distill_student(
         head_type=head_type,
         hidden_dim=hidden_dim,
         keep_normalize=keep_normalize,
+        pooling_layers=pooling_layers,
         label_names=list(task.label_names) if task.problem_type != "regression" else None,
     )
     if max_seq_length is not None:
@@ -258,7 +263,12 @@ def distill_student(
         ddp_static_graph=True,
         bf16=bf16,
     )
-    loss = DSELoss(student, distillation_weight=distillation_weight, symmetric=symmetric)
+    loss = DSELoss(
+        student,
+        distillation_weight=distillation_weight,
+        symmetric=symmetric,
+        teacher_logit_scale=teacher_logit_scale,
+    )
     trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train, loss=loss, evaluator=evaluator)
     trainer.train(resume_from_checkpoint=_resume_point(resume, output_dir / "checkpoints"))
     return student

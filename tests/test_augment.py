@@ -13,6 +13,7 @@ from datasets import Dataset
 from sentence_transformers import CrossEncoder
 
 from st_dse.augment import augment_pairs, with_augmented
+from st_dse.head import TopLayersConcat, load_student
 from st_dse.loss import pack_dse_labels
 from st_dse.teacher import TeacherLogitCache, teacher_fingerprint
 from tests.conftest import REPO_ROOT
@@ -115,9 +116,12 @@ def test_distill_recipe_trains_on_gold_plus_teacher_labelled_pairs(data_dir, min
     CrossEncoder(minilm_path, num_labels=1, max_length=64, device="cpu").save(str(teacher_path))
     common = ["--task", "mrpc", "--data-dir", str(data_dir), "--teacher", str(teacher_path), "--cache-dir"]
     common += [str(tmp_path / "cache"), "--max-train-samples", "16", "--epochs", "1", "--batch-size", "8"]
-    distill.main([*common, "--output-dir", str(tmp_path / "student"), "--augment", "1"])
+    # Also the original DSE pooling (last 2 layers here, to stay small): it must come back with the saved student.
+    distill.main([*common, "--output-dir", str(tmp_path / "student"), "--augment", "1", "--pooling-layers", "2"])
     saved = json.loads((tmp_path / "student" / "dse.json").read_text())
     assert "augmentation" in saved["timings_s"] and saved["settings"]["augment"] == 1
+    student = load_student(str(tmp_path / "student"))
+    assert isinstance(student[1], TopLayersConcat) and student.get_embedding_dimension() == 2 * 384
     # 16 gold pairs and 16 new ones were labelled by the teacher, all cached under its fingerprint.
     fingerprint = teacher_fingerprint(CrossEncoder(str(teacher_path), device="cpu"))
     assert len(TeacherLogitCache(tmp_path / "cache", fingerprint)) == 32
@@ -138,3 +142,11 @@ def test_distill_recipe_trains_on_gold_plus_teacher_labelled_pairs(data_dir, min
 def test_augmentation_default_follows_the_teacher(extra, expected):
     args = _distill_recipe().parse_args(["--task", "mrpc", "--output-dir", "out", *extra])
     assert args.augment == expected
+
+
+def test_teacher_logit_scale_is_refused_for_regression_tasks(capsys):
+    recipe = _distill_recipe()
+    assert recipe.parse_args(["--task", "mrpc", "--output-dir", "out", "--teacher-logit-scale", "0.5"])
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--task", "stsb", "--output-dir", "out", "--teacher-logit-scale", "0.5"])
+    assert "regression task" in capsys.readouterr().err

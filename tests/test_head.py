@@ -153,3 +153,43 @@ def test_load_student_refuses_foreign_code(saved_student):
     modules_path.write_text(json.dumps(modules))
     with pytest.raises(ValueError, match="evil_package.Backdoor"):
         load_student(str(saved_student))
+
+
+def test_top_layers_pooling_is_the_mean_of_the_concatenated_last_layers(tmp_path, minilm_path):
+    student = build_student(minilm_path, pooling_layers=4, hidden_dim=32)
+    assert student.get_embedding_dimension() == 4 * 384
+    assert get_pair_head(student).in_features == 4 * 384
+    embeddings = student.encode(SENTENCES[:2], convert_to_tensor=True)
+
+    # By hand: the last 4 hidden states, concatenated per token, averaged over the real (unpadded) tokens.
+    encoder = SentenceTransformer(minilm_path)
+    features = encoder.preprocess(SENTENCES[:2])
+    with torch.no_grad():
+        hidden = (
+            encoder[0]
+            .auto_model(
+                input_ids=features["input_ids"], attention_mask=features["attention_mask"], output_hidden_states=True
+            )
+            .hidden_states
+        )
+    tokens = torch.cat(hidden[-4:], dim=-1)
+    mask = features["attention_mask"].unsqueeze(-1).float()
+    expected = (tokens * mask).sum(1) / mask.sum(1)
+    torch.testing.assert_close(embeddings, expected, atol=1e-5, rtol=1e-5)
+
+    _randomise(get_pair_head(student))
+    student.save(str(tmp_path))
+    for reloaded in (SentenceTransformer(str(tmp_path), trust_remote_code=True), load_student(str(tmp_path))):
+        assert [type(module).__name__ for module in reloaded] == [type(module).__name__ for module in student]
+        np.testing.assert_allclose(reloaded.encode(SENTENCES), student.encode(SENTENCES), atol=1e-5)
+        scores = st_dse.score_pairs(student, SENTENCES[:2], SENTENCES[2:])
+        np.testing.assert_allclose(st_dse.score_pairs(reloaded, SENTENCES[:2], SENTENCES[2:]), scores, atol=1e-5)
+
+
+def test_top_layers_pooling_errors_are_clear(minilm_path):
+    with pytest.raises(ValueError, match="only 6 layers"):
+        build_student(minilm_path, pooling_layers=7)
+    with pytest.raises(ValueError, match="num_layers must be >= 1"):
+        st_dse.TopLayersConcat(0)
+    with pytest.raises(ValueError, match="output_hidden_states = True"):
+        st_dse.TopLayersConcat(2)({"token_embeddings": torch.zeros(1, 3, 4)})

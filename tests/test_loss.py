@@ -220,3 +220,24 @@ def test_legacy_fit_trains_the_head(tmp_path, minilm_path, monkeypatch):
         *[torch.tensor(student.encode(PAIRS[c][:4])) for c in ("sentence1", "sentence2")]
     )
     assert np.isfinite(logits.detach().numpy()).all()
+
+
+@pytest.mark.parametrize("problem_type", ["binary", "multiclass"])
+def test_teacher_logit_scale_scales_the_distillation_target(problem_type):
+    num_labels, gold, teacher = CASES[problem_type]
+    loss, logits = _loss_and_logits(num_labels, problem_type, 0.5)
+    scaled = DSELoss(loss.model, distillation_weight=0.5, teacher_logit_scale=0.5)
+    labels = torch.tensor([[g, *t] for g, t in zip(gold, teacher)])
+    value = scaled.compute_loss_from_embeddings(EMBEDDINGS1, EMBEDDINGS2, labels)
+    rows, half = logits.tolist(), [[0.5 * x for x in row] for row in teacher]
+    expected = 0.5 * _hand_gold(problem_type, rows, gold) + 0.5 * _hand_distill(rows, half)
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+    assert scaled.get_config_dict()["teacher_logit_scale"] == 0.5
+
+
+def test_teacher_logit_scale_is_refused_where_it_makes_no_sense():
+    loss, _ = _loss_and_logits(1, "regression", 0.5)
+    with pytest.raises(ValueError, match="regression"):
+        DSELoss(loss.model, teacher_logit_scale=2.0)
+    with pytest.raises(ValueError, match="positive"):
+        DSELoss(loss.model, teacher_logit_scale=0.0)
