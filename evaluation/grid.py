@@ -8,9 +8,12 @@ GRID_HARD_S seconds still returns what finished. Each task's teacher is the bett
 
 Layout under GRID_ROOT (default /root/w): data/ (the --data-dir), mpnet/ (all-mpnet-base-v2, from
 ../shared/tools/get-mpnet.sh), minilm/ (all-MiniLM-L6-v2), runs/, cache/, logs/. GRID_SMOKE=1 makes every job tiny
-(24 pairs, one epoch, no bf16) to check the plumbing on a CPU. RESULTS.md (issue 7) lists the run that used it.
+(24 pairs, one epoch, no bf16) to check the plumbing on a CPU. GRID_PLAN picks the job list: "round1" (the first
+GPU session: two teacher learning rates per task, the main table, first ablations) or "round2" (the second: the QQP
+rows, MRPC/STS-B teachers again at round 1's chosen rates, the remaining ablations and a second seed). RESULTS.md
+(issue 7) lists the runs that used it.
 
-    OUT=runs/grid GRID_ROOT=/root/w GRID_HARD_S=500 python evaluation/grid.py
+    OUT=runs/grid GRID_ROOT=/root/w GRID_HARD_S=500 GRID_PLAN=round2 python evaluation/grid.py
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ ROOT = Path(os.environ.get("GRID_ROOT", "/root/w"))
 DATA, RUNS, CACHE, LOGS = ROOT / "data", ROOT / "runs", ROOT / "cache", ROOT / "logs"
 TEACHER_BASE = os.environ.get("GRID_TEACHER_BASE", str(ROOT / "mpnet"))
 STUDENT = os.environ.get("GRID_STUDENT", str(ROOT / "minilm"))
-TASKS = os.environ.get("GRID_TASKS", "qqp-subset,mrpc,stsb,rte,sick-e,sick-r").split(",")
+PLAN = os.environ.get("GRID_PLAN", "round1")
+DEFAULT_TASKS = "qqp-subset,mrpc,stsb,rte,sick-e,sick-r" if PLAN == "round1" else "qqp-subset,mrpc,stsb"
+TASKS = os.environ.get("GRID_TASKS", DEFAULT_TASKS).split(",")
 ABLATION_TASKS = [t for t in ("mrpc", "stsb") if t in TASKS]
 PY = sys.executable
 GPU = [] if SMOKE else ["--bf16"]
@@ -51,11 +56,15 @@ def log(msg: str) -> None:
 
 
 def aug_factor(task: str) -> int:
-    return 1 if task == "qqp-subset" else 2
+    # Round 1 gave QQP (the largest task) a factor of 1 to fit the GPU time; round 2 runs the recipes' default.
+    return 1 if task == "qqp-subset" and PLAN == "round1" else 2
 
 
 # ---- jobs -------------------------------------------------------------------------------------------------------
-TEACHER_LRS = {t: (["2e-5"] if t == "qqp-subset" else ["2e-5", "5e-5"]) for t in TASKS}
+if PLAN == "round1":
+    TEACHER_LRS = {t: (["2e-5"] if t == "qqp-subset" else ["2e-5", "5e-5"]) for t in TASKS}
+else:  # the learning rates round 1 chose on dev
+    TEACHER_LRS = {t: ["2e-5" if t in ("qqp-subset", "sick-e") else "5e-5"] for t in TASKS}
 jobs: list[dict] = []
 for task in TASKS:
     for lr in TEACHER_LRS[task]:
@@ -83,7 +92,7 @@ for task in TASKS:
         )
 
 
-def student(task: str, name: str, *extra: str, weight: float = 0.5, epochs: int = 4) -> dict:
+def student(task: str, name: str, *extra: str, weight: float = 0.5, epochs: int = 4, urgent: bool = False) -> dict:
     out = RUNS / task / name
     cmd = [
         PY,
@@ -104,10 +113,20 @@ def student(task: str, name: str, *extra: str, weight: float = 0.5, epochs: int 
         str(1 if SMOKE else epochs),
         *GPU,
         *TINY,
+        *(["--label-batch-size", "256"] if PLAN != "round1" and weight > 0 else []),
         *extra,
     ]
     needs = task if weight > 0 else None  # gold-only students need no teacher: they start at once
-    return {"name": f"{task}/{name}", "task": task, "kind": "student", "cmd": cmd, "needs": needs, "out": str(out)}
+    # An urgent job starts as soon as its teacher is ready, beyond GRID_WORKERS: the longest chain must not queue.
+    return {
+        "name": f"{task}/{name}",
+        "task": task,
+        "kind": "student",
+        "cmd": cmd,
+        "needs": needs,
+        "out": str(out),
+        "urgent": urgent,
+    }
 
 
 def main_jobs(task: str) -> list[dict]:
@@ -137,16 +156,48 @@ def ablation_jobs(task: str) -> list[dict]:
     ]
 
 
-# Priority: the main table first (QQP first: its runs are the longest), then ablations, round-robin over tasks.
-main_lists = [main_jobs(t) for t in TASKS]
-for i in range(5):
-    for lst in main_lists:
-        jobs.append(lst[i])
-abl_lists = [ablation_jobs(t) for t in ABLATION_TASKS]
-for i in range(max((len(x) for x in abl_lists), default=0)):
-    for lst in abl_lists:
-        if i < len(lst):
+def round2_jobs() -> list[dict]:
+    qqp = []
+    if "qqp-subset" in TASKS:
+        qqp = [
+            student("qqp-subset", "gold-e12", weight=0.0, epochs=12),
+            student("qqp-subset", "dse-aug2-w0.5", "--augment", "2", urgent=True),
+            student("qqp-subset", "dse-aug0-w0.5", urgent=True),
+        ]
+    ablations = []
+    for task in ABLATION_TASKS:
+        base = ["--augment", "2"]
+        ablations.append(
+            [
+                student(task, "dse-aug2-w0.5", *base),  # the default again, with this round's teacher
+                student(task, "dse-aug2-w0.5-top4", *base, "--pooling-layers", "4"),
+                student(task, "dse-aug4-w0.5", "--augment", "4"),
+                student(task, "dse-aug2-w0.5-hidden256", *base, "--hidden-dim", "256"),
+                student(task, "dse-aug2-w0.5-headlr5e-5", *base, "--head-lr", "5e-5"),
+                student(task, "dse-aug2-w0.5-warmup0", *base, "--warmup-ratio", "0"),
+                student(task, "dse-aug2-w0.5-seed1", *base, "--seed", "1"),
+                student(task, "gold-e12-seed1", "--seed", "1", weight=0.0, epochs=12),
+            ]
+        )
+    interleaved = [job for row in zip(*ablations) for job in row]
+    if "mrpc" in ABLATION_TASKS:  # logit scaling applies to classification only, so not to STS-B
+        interleaved.append(student("mrpc", "dse-aug2-w0.5-scale0.5", "--augment", "2", "--teacher-logit-scale", "0.5"))
+    return qqp + interleaved
+
+
+if PLAN == "round1":
+    # Priority: the main table first (QQP first: its runs are the longest), then ablations, round-robin over tasks.
+    main_lists = [main_jobs(t) for t in TASKS]
+    for i in range(5):
+        for lst in main_lists:
             jobs.append(lst[i])
+    abl_lists = [ablation_jobs(t) for t in ABLATION_TASKS]
+    for i in range(max((len(x) for x in abl_lists), default=0)):
+        for lst in abl_lists:
+            if i < len(lst):
+                jobs.append(lst[i])
+else:
+    jobs += round2_jobs()
 
 
 # ---- scheduler ----------------------------------------------------------------------------------------------------
@@ -223,8 +274,10 @@ while pending or running:
         for job in pending:
             log(f"not started: {job['name']}")
         break
-    while len(running) < WORKERS:
+    while True:
         ready = [j for j in pending if j["needs"] is None or j["needs"] in best_teacher]
+        if len(running) >= WORKERS:
+            ready = [j for j in ready if j.get("urgent")]
         if not ready:
             break
         job = ready[0]

@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None, task: str | None = None) -> argpar
     parser.add_argument("--student", default=DEFAULT_MODEL, help="the student's sentence encoder")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--label-batch-size", type=int, default=32, help="teacher batch size for labelling (larger is faster on a GPU)"
+    )
     parser.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate")
     parser.add_argument("--head-lr", type=float, default=1e-3, help="PairHead learning rate")
     parser.add_argument("--max-train-samples", type=int)
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
         metrics["teacher"] = evaluate_cross_encoder(teacher, task, dev)
         logger.info("Teacher dev metrics: %s", metrics["teacher"])
         start = time.perf_counter()
-        train = label_with_teacher(teacher, train, cache_dir=args.cache_dir)
+        train = label_with_teacher(teacher, train, batch_size=args.label_batch_size, cache_dir=args.cache_dir)
         timings["labelling"] = time.perf_counter() - start
         if args.augment > 0:
             start = time.perf_counter()
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
                 model=load_model(args.student) if needs_model else None,
                 seed=args.seed,
             )
-            extra = label_with_teacher(teacher, extra, cache_dir=args.cache_dir)
+            extra = label_with_teacher(teacher, extra, batch_size=args.label_batch_size, cache_dir=args.cache_dir)
             train = with_augmented(train, extra)
             timings["augmentation"] = time.perf_counter() - start
             logger.info("Training on %d pairs, %d of them teacher-labelled only", len(train), len(extra))
