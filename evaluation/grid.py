@@ -93,6 +93,13 @@ for task in TASKS:
 
 
 def student(task: str, name: str, *extra: str, weight: float = 0.5, epochs: int = 4, urgent: bool = False) -> dict:
+    # A DSE job's name states its augmentation factor and its command must pass it: the recipe's own default
+    # depends on --teacher (round 2 first ran a "dse-aug0" job that the default silently gave factor 2).
+    if name.startswith("dse-aug"):
+        factor = name.removeprefix("dse-aug").split("-")[0]
+        given = extra[extra.index("--augment") + 1] if "--augment" in extra else None
+        if given != factor:
+            raise ValueError(f"{task}/{name}: pass --augment {factor} explicitly (got {given})")
     out = RUNS / task / name
     cmd = [
         PY,
@@ -134,7 +141,7 @@ def main_jobs(task: str) -> list[dict]:
     return [
         student(task, f"dse-aug{a}-w0.5", "--augment", str(a)),
         student(task, f"gold-e{4 * (1 + a)}", weight=0.0, epochs=4 * (1 + a)),
-        student(task, "dse-aug0-w0.5"),
+        student(task, "dse-aug0-w0.5", "--augment", "0"),
         student(task, "gold-e4", weight=0.0),
         student(task, f"dse-aug{a}-w1.0", "--augment", str(a), weight=1.0),
     ]
@@ -150,7 +157,7 @@ def ablation_jobs(task: str) -> list[dict]:
         student(task, f"dse-aug{a}-w0.5-symmetric", *base, "--symmetric"),
         student(task, f"dse-aug{a}-w0.5-hidden1024", *base, "--hidden-dim", "1024"),
         student(task, "dse-aug4-w0.5", "--augment", "4"),
-        student(task, "dse-aug0-w1.0", weight=1.0),
+        student(task, "dse-aug0-w1.0", "--augment", "0", weight=1.0),
         student(task, f"dse-aug{a}-w0.5-hidden256", *base, "--hidden-dim", "256"),
         student(task, f"dse-aug{a}-w0.5-headlr5e-5", *base, "--head-lr", "5e-5"),
     ]
@@ -162,7 +169,7 @@ def round2_jobs() -> list[dict]:
         qqp = [
             student("qqp-subset", "gold-e12", weight=0.0, epochs=12),
             student("qqp-subset", "dse-aug2-w0.5", "--augment", "2", urgent=True),
-            student("qqp-subset", "dse-aug0-w0.5", urgent=True),
+            student("qqp-subset", "dse-aug0-w0.5", "--augment", "0", urgent=True),
         ]
     ablations = []
     for task in ABLATION_TASKS:
