@@ -27,6 +27,10 @@ What is measured (all on real sentences from the shared data, all on this machin
 Usage:
     python evaluation/speed.py --output-dir runs/speed                         # everything (about an hour)
     python evaluation/speed.py --sizes 1000 10000 --skip-mpnet --output-dir runs/speed-small   # quick look
+    python evaluation/speed.py --students runs/mrpc runs/mrpc-top4 --sizes 1000 10000 --output-dir runs/speed-students
+
+``--students`` times only saved DSE students against each other (what a different pooling or head costs): one
+query against N cached candidates, query encoding included, exact float32 head, written to ``students.json``.
 
 Writes ``speed.json`` (every number and the settings) and ``speed.png`` (log-log time against N) to --output-dir.
 Timings on a shared machine vary with its load; the JSON records ``os.getloadavg()`` before and after.
@@ -414,6 +418,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-batch-size", type=int, default=32)
     parser.add_argument("--skip", nargs="*", default=[], choices=["search", "options", "labelling", "training"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--students", nargs="+", metavar="PATH", help="only time these saved students against each other (see Usage)"
+    )
     return parser.parse_args(argv)
 
 
@@ -446,6 +453,15 @@ def main(argv: list[str] | None = None) -> dict:
         ],
     }
     started = time.perf_counter()
+    if args.students:
+        results["students"] = benchmark_students(args, data_dir, cache_dir)
+        results["machine"]["load_average_end"] = os.getloadavg()
+        results["wall_seconds"] = time.perf_counter() - started
+        (output_dir / "students.json").write_text(json.dumps(results, indent=2, default=float))
+        for path, row in results["students"].items():
+            times = ", ".join(f"N={n}: {t['seconds'] * 1000:.1f} ms" for n, t in row["sizes"].items())
+            print(f"{path} ({row['embedding_dimension']}-d): {times}")
+        return results
 
     queries, pool = load_sentences(data_dir, max(args.queries, args.recall_queries) + 1, args.seed)
     train = load_task("qqp-subset", "train", data_dir)
@@ -505,6 +521,23 @@ def main(argv: list[str] | None = None) -> dict:
     print(markdown_tables(results))
     (output_dir / "speed.md").write_text(markdown_tables(results))
     return results
+
+
+def benchmark_students(args, data_dir: Path, cache_dir: Path) -> dict:
+    """One query against N cached candidates for each saved student: its own embeddings, its own head."""
+    queries, pool = load_sentences(data_dir, args.queries + 1, args.seed)
+    pool = pool[: max(args.sizes)]  # encode only the candidates some size uses
+    rows = {}
+    for path in args.students:
+        student = st_dse.load_student(path, device="cpu")
+        embeddings = cached_embeddings(student, pool, cache_dir, "student")
+        row = {"embedding_dimension": int(embeddings.shape[1]), "sizes": {}}
+        for size in args.sizes:
+            index = CandidateIndex(student, embeddings[candidate_rows(len(pool), size, args.seed)])
+            row["sizes"][size], _ = time_student(index, student, queries[1:], args.queries)
+            logger.info("%s, N=%d: %.1f ms", path, size, row["sizes"][size]["seconds"] * 1000)
+        rows[path] = row
+    return rows
 
 
 def mpnet_path() -> str:
