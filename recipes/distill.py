@@ -107,6 +107,10 @@ def parse_args(argv: list[str] | None = None, task: str | None = None) -> argpar
             f"--teacher-logit-scale applies to classification teachers; {args.task} is a regression task, whose "
             "teacher predicts the label itself. Drop --teacher-logit-scale."
         )
+    if args.pooling_layers is not None and args.pooling_layers < 1:
+        parser.error(
+            f"--pooling-layers must be >= 1 (how many of the last layers to concatenate), got {args.pooling_layers}."
+        )
     if args.augment < 0:
         parser.error(f"--augment must be >= 0 (new pairs per train pair), got {args.augment}.")
     if args.augment > 0 and args.distillation_weight == 0:

@@ -319,6 +319,10 @@ def use_top_layers_pooling(model: SentenceTransformer, num_layers: int = 4) -> N
     """
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
+    if num_layers < 1:
+        raise ValueError(
+            f"pooling_layers must be >= 1 (how many of the last layers to concatenate), got {num_layers}."
+        )
     modules = list(model._modules.values())
     transformer = next((m for m in modules if isinstance(m, Transformer)), None)
     pooling_index = next((i for i, m in enumerate(modules) if isinstance(m, Pooling)), None)

@@ -150,3 +150,9 @@ def test_teacher_logit_scale_is_refused_for_regression_tasks(capsys):
     with pytest.raises(SystemExit):
         recipe.parse_args(["--task", "stsb", "--output-dir", "out", "--teacher-logit-scale", "0.5"])
     assert "regression task" in capsys.readouterr().err
+
+
+def test_pooling_layers_below_one_are_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        _distill_recipe().parse_args(["--task", "mrpc", "--output-dir", "out", "--pooling-layers", "0"])
+    assert "--pooling-layers must be >= 1" in capsys.readouterr().err

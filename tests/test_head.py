@@ -189,6 +189,8 @@ def test_top_layers_pooling_is_the_mean_of_the_concatenated_last_layers(tmp_path
 def test_top_layers_pooling_errors_are_clear(minilm_path):
     with pytest.raises(ValueError, match="only 6 layers"):
         build_student(minilm_path, pooling_layers=7)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        build_student(minilm_path, pooling_layers=0)
     with pytest.raises(ValueError, match="num_layers must be >= 1"):
         st_dse.TopLayersConcat(0)
     with pytest.raises(ValueError, match="output_hidden_states = True"):
