@@ -38,6 +38,11 @@ FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 
 
+def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The Hub download options among a loader's keyword arguments."""
+    return {key: kwargs[key] for key in ("token", "cache_folder", "revision", "local_files_only") if key in kwargs}
+
+
 class PairHead(Module):
     """Maps a pair of sentence embeddings ``(u, v)`` to ``num_labels`` logits.
 
@@ -221,9 +226,7 @@ class PairHead(Module):
 
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> Self:
-        hub_kwargs = {
-            key: kwargs[key] for key in ("token", "cache_folder", "revision", "local_files_only") if key in kwargs
-        }
+        hub_kwargs = _hub_kwargs(kwargs)
         where = os.path.join(model_name_or_path, subfolder)
         config_path = cls.load_file_path(model_name_or_path, cls.config_file_name, subfolder=subfolder, **hub_kwargs)
         if config_path is None:
@@ -305,9 +308,7 @@ class TopLayersConcat(Module):
 
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> Self:
-        hub_kwargs = {
-            key: kwargs[key] for key in ("token", "cache_folder", "revision", "local_files_only") if key in kwargs
-        }
+        hub_kwargs = _hub_kwargs(kwargs)
         return cls(**cls.load_config(model_name_or_path, subfolder=subfolder, **hub_kwargs))
 
 
@@ -319,10 +320,7 @@ def use_top_layers_pooling(model: SentenceTransformer, num_layers: int = 4) -> N
     """
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-    if num_layers < 1:
-        raise ValueError(
-            f"pooling_layers must be >= 1 (how many of the last layers to concatenate), got {num_layers}."
-        )
+    concat = TopLayersConcat(num_layers)  # checks num_layers before the model is touched
     modules = list(model._modules.values())
     transformer = next((m for m in modules if isinstance(m, Transformer)), None)
     pooling_index = next((i for i, m in enumerate(modules) if isinstance(m, Pooling)), None)
@@ -338,7 +336,8 @@ def use_top_layers_pooling(model: SentenceTransformer, num_layers: int = 4) -> N
     old = modules[pooling_index]
     width = num_layers * transformer.get_embedding_dimension()
     pooling = Pooling(width, pooling_mode=old.pooling_mode, include_prompt=old.include_prompt)
-    modules[pooling_index : pooling_index + 1] = [TopLayersConcat(num_layers, embedding_dimension=width), pooling]
+    concat.embedding_dimension = width
+    modules[pooling_index : pooling_index + 1] = [concat, pooling]
     for name in list(model._modules):
         del model._modules[name]
     for index, module in enumerate(modules):
@@ -450,9 +449,7 @@ def load_student(model_name_or_path: str, **kwargs) -> SentenceTransformer:
     """
     from sentence_transformers.util import load_file_path
 
-    hub_kwargs = {
-        key: kwargs[key] for key in ("token", "cache_folder", "revision", "local_files_only") if key in kwargs
-    }
+    hub_kwargs = _hub_kwargs(kwargs)
     modules_path = load_file_path(model_name_or_path, "modules.json", **hub_kwargs)
     if modules_path is None:
         raise FileNotFoundError(
