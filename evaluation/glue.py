@@ -1,13 +1,13 @@
 """GLUE-style pair tasks: teacher, DSE student, gold-only student and the untouched base model, side by side.
 
 Usage:
-    python evaluation/glue.py --tasks mrpc --runs-dir runs --data-dir ../shared/data
-    python evaluation/glue.py --tasks mrpc stsb rte --runs-dir runs --data-dir ../shared/data --train-missing
+    python -m evaluation.glue --tasks mrpc --runs-dir runs --data-dir DATA
+    python -m evaluation.glue --tasks mrpc stsb rte --runs-dir runs --data-dir DATA --train-missing
 
 For each task it looks in --runs-dir for the outputs of the recipes:
 
     RUNS/<task>/             the DSE student   (python recipes/distill.py --task <task> --output-dir RUNS/<task>)
-    RUNS/<task>/teacher/     its teacher       (fine-tuned by that run unless it was given --teacher)
+    RUNS/<task>-teacher/     its teacher       (fine-tuned by that run unless it was given --teacher)
     RUNS/<task>-gold/        the gold-only student, same architecture and budget (--distillation-weight 0)
 
 With --train-missing, missing runs are made with the recipe's defaults first. Every system is evaluated on the dev
@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,11 +33,11 @@ from sentence_transformers import CrossEncoder
 from sklearn.linear_model import LogisticRegression
 
 import st_dse
-from st_dse.models import DEFAULT_MODEL
-from st_dse.tasks import TaskSpec, compute_metrics, get_task, load_task
+from st_dse.data import TaskSpec, compute_metrics, get_task, load_task
+from st_dse.hub import DEFAULT_MODEL
 from st_dse.training import evaluate_cross_encoder, evaluate_student, relative_degradation
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+DISTILL_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "distill.py"
 logger = logging.getLogger("glue")
 
 
@@ -69,14 +70,14 @@ def evaluate_base_model(model, task: TaskSpec, train, evaluations: dict) -> dict
 
 
 def train_missing(task: TaskSpec, runs_dir: Path, data_dir: str | None) -> None:
-    import distill
-
+    """Run recipes/distill.py (its defaults) for the DSE and gold-only students that are not in ``runs_dir`` yet."""
     dse_dir, gold_dir = runs_dir / task.name, runs_dir / f"{task.name}-gold"
-    common = ["--task", task.name, *(["--data-dir", data_dir] if data_dir else [])]
+    common = [sys.executable, str(DISTILL_RECIPE), "--task", task.name]
+    common += ["--data-dir", data_dir] if data_dir else []
     if not (dse_dir / "dse.json").is_file():
-        distill.main([*common, "--output-dir", str(dse_dir)])
+        subprocess.run([*common, "--output-dir", str(dse_dir)], check=True)
     if not (gold_dir / "dse.json").is_file():
-        distill.main([*common, "--output-dir", str(gold_dir), "--distillation-weight", "0"])
+        subprocess.run([*common, "--output-dir", str(gold_dir), "--distillation-weight", "0"], check=True)
 
 
 def evaluate_task(
@@ -87,7 +88,7 @@ def evaluate_task(
     systems: dict[str, dict[str, dict[str, float]]] = {}
     timings: dict[str, float] = {}
     paths = {
-        "teacher": runs_dir / task.name / "teacher",
+        "teacher": runs_dir / f"{task.name}-teacher",
         "DSE student": runs_dir / task.name,
         "gold-only student": runs_dir / f"{task.name}-gold",
     }

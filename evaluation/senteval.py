@@ -3,11 +3,11 @@
 The protocol and where it differs from Facebook's SentEval are documented in ``st_dse/senteval.py``.
 
 Usage:
-    python evaluation/senteval.py                                   # all-MiniLM-L6-v2, all tasks
-    python evaluation/senteval.py --relatedness-regressor           # + SentEval's supervised STS-B/SICK-R
-    python evaluation/senteval.py --model runs/dse_mrpc/final --tasks MR CR STS12 STS-B \\
-        --data-dir ../shared/data/senteval/data --output-dir runs/senteval_dse_mrpc
-    python evaluation/senteval.py --tasks STS12 --max-samples 200   # quick check, not comparable numbers
+    python -m evaluation.senteval                                   # all-MiniLM-L6-v2, all tasks
+    python -m evaluation.senteval --relatedness-regressor           # + SentEval's supervised STS-B/SICK-R
+    python -m evaluation.senteval --model runs/dse_mrpc/final --tasks MR CR STS12 STS-B \\
+        --data-dir DATA/senteval/data --output-dir runs/senteval_dse_mrpc
+    python -m evaluation.senteval --tasks STS12 --max-samples 200   # quick check, not comparable numbers
 
 Writes ``senteval_results.json`` (results, arguments, wall time) and ``senteval_results.md`` to --output-dir.
 """
@@ -17,22 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import time
 from pathlib import Path
 
-from st_dse.head import load_model
-from st_dse.models import resolve_model_name
-from st_dse.senteval import ALL_TASKS, DEFAULT_KFOLD, DEFAULT_SEED, results_to_markdown, run_senteval
+from evaluation.senteval_protocol import ALL_TASKS, DEFAULT_KFOLD, DEFAULT_SEED, results_to_markdown, run_senteval
+from st_dse.data import resolve_data_dir
+from st_dse.hub import resolve_model_name
+from st_dse.student import load_model
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def default_data_dir() -> str:
-    if os.environ.get("ST_DSE_DATA_DIR"):
-        return str(Path(os.environ["ST_DSE_DATA_DIR"]) / "senteval" / "data")
-    return str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "senteval" / "data")
+def default_data_dir() -> str | None:
+    """SentEval's data folder under $ST_DSE_DATA_DIR, or None."""
+    root = resolve_data_dir(None)
+    return None if root is None else str(root / "senteval" / "data")
 
 
 def main() -> None:

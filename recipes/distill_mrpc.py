@@ -1,7 +1,7 @@
 """Distil a cross-encoder teacher into a DSE student on MRPC. Options: see recipes/distill.py (--help).
 
 Usage:
-    python recipes/distill_mrpc.py --data-dir ../shared/data --output-dir runs/mrpc
+    python recipes/distill_mrpc.py --data-dir DATA --output-dir runs/mrpc
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Distil a cross-encoder teacher into a DSE student on QNLI. Options: see recipes/distill.py (--help).
 
 Usage:
-    python recipes/distill_qnli.py --data-dir ../shared/data --output-dir runs/qnli
+    python recipes/distill_qnli.py --data-dir DATA --output-dir runs/qnli
 """
 
 from __future__ import annotations

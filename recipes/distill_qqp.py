@@ -1,7 +1,7 @@
 """Distil a cross-encoder teacher into a DSE student on QQP. Options: see recipes/distill.py (--help).
 
 Usage:
-    python recipes/distill_qqp.py --data-dir ../shared/data --output-dir runs/qqp
+    python recipes/distill_qqp.py --data-dir DATA --output-dir runs/qqp
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Distil a cross-encoder teacher into a DSE student on RTE. Options: see recipes/distill.py (--help).
 
 Usage:
-    python recipes/distill_rte.py --data-dir ../shared/data --output-dir runs/rte
+    python recipes/distill_rte.py --data-dir DATA --output-dir runs/rte
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Distil a cross-encoder teacher into a DSE student on SICK-E. Options: see recipes/distill.py (--help).
 
 Usage:
-    python recipes/distill_sicke.py --data-dir ../shared/data --output-dir runs/sick-e
+    python recipes/distill_sicke.py --data-dir DATA --output-dir runs/sick-e
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Distil a cross-encoder teacher into a DSE student on SICK-R. Options: see recipes/distill.py (--help).
 
 Usage:
-    python recipes/distill_sickr.py --data-dir ../shared/data --output-dir runs/sick-r
+    python recipes/distill_sickr.py --data-dir DATA --output-dir runs/sick-r
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Distil a cross-encoder teacher into a DSE student on STSB. Options: see recipes/distill.py (--help).
 
 Usage:
-    python recipes/distill_stsb.py --data-dir ../shared/data --output-dir runs/stsb
+    python recipes/distill_stsb.py --data-dir DATA --output-dir runs/stsb
 """
 
 from __future__ import annotations

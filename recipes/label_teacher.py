@@ -1,12 +1,12 @@
-"""Label a task's pairs with a teacher's raw logits into the cache, in shards across processes or machines.
+r"""Label pairs (a task's split or your own file) with a teacher's raw logits into the cache, in shards if you like.
 
 Usage:
     # One shard per process or machine (here 4); each labels about a quarter of the pairs into the cache.
-    python recipes/label_teacher.py --task qqp-subset --teacher runs/qqp/teacher --data-dir ../shared/data \
+    python recipes/label_teacher.py --task qqp-subset --teacher runs/qqp/teacher --data-dir DATA \
         --shard-index 0 --num-shards 4 --cache-dir /shared/cache
     ...
     # Then check that every pair is cached and fold the shards' files into one (labels nothing):
-    python recipes/label_teacher.py --task qqp-subset --teacher runs/qqp/teacher --data-dir ../shared/data \
+    python recipes/label_teacher.py --task qqp-subset --teacher runs/qqp/teacher --data-dir DATA \
         --merge --num-shards 4 --cache-dir /shared/cache
 
 Pairs are assigned to shards by a hash of their text, so every process agrees on the split whatever its row order.
@@ -19,7 +19,6 @@ recipes/distill.py with the same --teacher and --cache-dir then finds every logi
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -27,8 +26,10 @@ from collections import Counter
 
 from sentence_transformers import CrossEncoder
 
-from st_dse.models import resolve_model_name
-from st_dse.tasks import TASKS, get_task, load_task
+from st_dse.data import get_task, load_task
+from st_dse.data.pair_files import HubUnreachableError
+from st_dse.data.sources import DataConfig, load_pairs
+from st_dse.hub import resolve_model_name
 from st_dse.teacher import (
     TeacherLogitCache,
     default_cache_dir,
@@ -37,33 +38,16 @@ from st_dse.teacher import (
     shard_of,
     teacher_fingerprint,
 )
+from st_dse.training.config import LabelConfig, parse_config
 
 logger = logging.getLogger("label_teacher")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, help=f"one of {sorted(TASKS)}")
-    parser.add_argument("--teacher", required=True, help="the fine-tuned CrossEncoder (a path or Hub id)")
-    parser.add_argument("--data-dir", help="local GLUE/SentEval data (default: $ST_DSE_DATA_DIR, else the hub)")
-    parser.add_argument("--split", default="train", help="which split to label (default: train)")
-    parser.add_argument("--max-samples", type=int, help="label only the first N rows (as distill.py's option)")
-    parser.add_argument("--cache-dir", help="teacher-logit cache (default: $ST_DSE_CACHE or ~/.cache/st_dse)")
-    parser.add_argument("--batch-size", type=int, default=32, help="teacher batch size")
-    parser.add_argument("--shard-index", type=int, help="which shard to label, 0 to --num-shards - 1")
-    parser.add_argument("--num-shards", type=int, help="how many shards the pairs are split into")
-    parser.add_argument(
-        "--merge",
-        action="store_true",
-        help="label nothing: check that every pair is cached (naming unfinished shards when --num-shards is given) "
-        "and merge the cache files into one",
-    )
-    args = parser.parse_args(argv)
-    if (args.shard_index is None) != (args.num_shards is None) and not args.merge:
-        parser.error("--shard-index and --num-shards go together")
-    if args.merge and args.shard_index is not None:
-        parser.error("--merge checks every shard; leave out --shard-index")
-    return args
+def load_split(data: DataConfig, config: LabelConfig, teacher: CrossEncoder):
+    """The pairs to label: a split of the registered task, or your own training pairs."""
+    if data.own_pairs:
+        return load_pairs(data, teacher)[1]
+    return load_task(get_task(data.task), config.split, data.data_dir, max_samples=data.max_train_samples)
 
 
 def _count_scored_pairs(teacher: CrossEncoder) -> list[int]:
@@ -81,12 +65,15 @@ def _count_scored_pairs(teacher: CrossEncoder) -> list[int]:
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    task = get_task(args.task)
-    dataset = load_task(task, args.split, args.data_dir, max_samples=args.max_samples)
+    data, args = parse_config((DataConfig, LabelConfig), argv, description=__doc__)
     teacher = CrossEncoder(resolve_model_name(args.teacher))
+    try:
+        dataset = load_split(data, args, teacher)
+    except HubUnreachableError as error:
+        raise SystemExit(f"error: {error}") from None
     cache_dir = args.cache_dir or default_cache_dir()
-    summary = {"task": task.name, "split": args.split, "pairs": len(dataset), "teacher": args.teacher}
+    source = data.task or data.train_file or data.dataset
+    summary = {"task": source, "split": args.split, "pairs": len(dataset), "teacher": args.teacher}
 
     if args.merge:
         cache = TeacherLogitCache(cache_dir, teacher_fingerprint(teacher))

@@ -1,15 +1,21 @@
 """st_dse: Distilled Sentence Embedding (DSE) for sentence-transformers.
 
-Distil a cross-encoder teacher's logits into a siamese SentenceTransformer student with a saved pair head, so that
+Distil a cross-encoder teacher's logits into a siamese SentenceTransformer student with a pair head, so that
 candidates are encoded once and every query costs one encode plus cheap head evaluations.
+
+The package follows the data flow: ``st_dse.data`` (tasks, readers, augmentation) -> ``st_dse.teacher`` (labelling
+and its cache) -> ``st_dse.student`` and ``st_dse.modules`` (the student and its PairHead) -> ``st_dse.losses`` and
+``st_dse.training`` (DSELoss, training, evaluation, model card) -> ``st_dse.inference`` (scoring and search).
 """
 
 from __future__ import annotations
 
-from st_dse.augment import augment_pairs, with_augmented
-from st_dse.head import (
-    PairHead,
-    TopLayersConcat,
+from st_dse.data import augment_pairs, with_augmented
+from st_dse.hub import DEFAULT_MODEL, resolve_model_name
+from st_dse.inference import CandidateIndex, score_pairs
+from st_dse.losses import DSELoss, pack_dse_labels
+from st_dse.modules import PairHead, TopLayersConcat
+from st_dse.student import (
     add_pair_head,
     build_student,
     get_pair_head,
@@ -17,9 +23,6 @@ from st_dse.head import (
     load_model,
     load_student,
 )
-from st_dse.loss import DSELoss, pack_dse_labels
-from st_dse.models import DEFAULT_MODEL, resolve_model_name
-from st_dse.scoring import CandidateIndex, score_pairs
 from st_dse.teacher import TeacherLogitCache, label_with_teacher, teacher_fingerprint
 
 __version__ = "0.1.0"

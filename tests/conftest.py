@@ -30,7 +30,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
-    from st_dse.models import packaged_default_model_path
+    from st_dse.hub import packaged_default_model_path
 
     path = packaged_default_model_path()
     if path is None:
@@ -45,3 +45,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def load_recipe(name: str):
+    """A script of recipes/ as a module (registered, so that dataclasses and pickling can find it)."""
+    import importlib.util
+    import sys
+
+    module_name = f"recipe_{name}"
+    spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -20,9 +20,9 @@ from sentence_transformers import SentenceTransformer
 from torch import nn
 
 import st_dse
-from st_dse.head import PairHead
-from st_dse.loss import DSELoss
-from st_dse.tasks import load_task
+from st_dse.data import get_task, load_task
+from st_dse.losses import DSELoss
+from st_dse.modules import PairHead
 from tests.test_reliability import build_tiny_encoder
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -195,7 +195,7 @@ def test_well_formed_rows_load_exactly(rows):
         path = Path(folder) / "glue" / "RTE" / "train.tsv"
         path.parent.mkdir(parents=True)
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        dataset = load_task("rte", "train", folder)
+        dataset = load_task(get_task("rte"), "train", folder)
     # Blank rows (all fields empty strings still make tabs, so none here) are the only ones a loader may drop.
     assert dataset["sentence1"] == [first for first, _, _ in rows]
     assert dataset["sentence2"] == [second for _, second, _ in rows]
@@ -211,7 +211,7 @@ def test_well_formed_rows_load_exactly(rows):
     task=st.sampled_from(["rte", "stsb", "mnli", "qqp-subset"]),
 )
 def test_malformed_files_give_a_value_error_naming_the_file(content, task):
-    from st_dse.tasks import get_task
+    from st_dse.data import get_task
 
     spec = get_task(task)
     with tempfile.TemporaryDirectory() as folder:
@@ -219,7 +219,7 @@ def test_malformed_files_give_a_value_error_naming_the_file(content, task):
         path.parent.mkdir(parents=True)
         path.write_bytes(content)
         try:
-            dataset = load_task(task, "train", folder)
+            dataset = load_task(spec, "train", folder)
         except ValueError as error:
             assert str(path) in str(error)
             return

@@ -29,4 +29,4 @@ def test_quickstart_runs(tmp_path, minilm_path, monkeypatch, capsys):
     exec(compile(code, "README.md#quickstart", "exec"), {})
     printed = capsys.readouterr().out
     assert "corpus_id" in printed
-    assert (tmp_path / "runs" / "quickstart-student" / "2_PairHead" / "model.safetensors").is_file()
+    assert (tmp_path / "runs" / "quickstart-student" / "pair_head" / "model.safetensors").is_file()

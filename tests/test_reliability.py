@@ -6,7 +6,6 @@ sharded-labelling recipe, and the refusals not tested elsewhere.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -24,12 +23,14 @@ from sentence_transformers import CrossEncoder
 from transformers import BertConfig, BertModel
 
 import st_dse
-from st_dse import training
-from st_dse.loss import pack_dse_labels
-from st_dse.senteval import load_sst2, load_trec
-from st_dse.tasks import get_task
+from evaluation.senteval_protocol import load_sst2, load_trec
+from st_dse.data import get_task
+from st_dse.losses import pack_dse_labels
 from st_dse.teacher import label_with_teacher
 from st_dse.training import distill_student, evaluate_student
+from st_dse.training import train as training
+from st_dse.training.config import DistillConfig
+from tests.conftest import load_recipe
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,7 +208,7 @@ def _train_with_callback(monkeypatch, callback: _Callback, *args, **kwargs):
         return distill_student(*args, **kwargs)
 
 
-RESUME_SETTINGS = {"epochs": 2, "batch_size": 16, "hidden_dim": 8, "seed": 7, "learning_rate": 1e-3}
+RESUME_SETTINGS = {"epochs": 2, "batch_size": 16, "hidden_dim": 8, "seed": 7, "lr": 1e-3}
 
 
 def test_resumed_distillation_ends_like_an_uninterrupted_run(tmp_path, tiny_encoder, monkeypatch):
@@ -216,15 +217,14 @@ def test_resumed_distillation_ends_like_an_uninterrupted_run(tmp_path, tiny_enco
     # distill_student does not seed the PairHead's initialisation (the trainer seeds only after the model exists),
     # so both runs seed it here; a resumed run takes its weights from the checkpoint.
     torch.manual_seed(0)
-    uninterrupted = distill_student(task, train, dev, tmp_path / "once", student_model=tiny_encoder, **RESUME_SETTINGS)
+    config = DistillConfig(student=tiny_encoder, **RESUME_SETTINGS)
+    uninterrupted = distill_student(task, train, dev, tmp_path / "once", config)
 
     torch.manual_seed(0)
     first_epoch = _Callback(stop_after_first_epoch=True)
-    _train_with_callback(
-        monkeypatch, first_epoch, task, train, dev, tmp_path / "twice", student_model=tiny_encoder, **RESUME_SETTINGS
-    )
+    _train_with_callback(monkeypatch, first_epoch, task, train, dev, tmp_path / "twice", config)
     assert first_epoch.steps == [1, 2, 3, 4]  # epoch 1 of 2: 64 pairs / 16 = 4 steps an epoch
-    checkpoints = sorted(path.name for path in (tmp_path / "twice" / "checkpoints").glob("checkpoint-*"))
+    checkpoints = sorted(path.name for path in (tmp_path / "twice").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-4"]
 
     torch.manual_seed(123)  # whatever the resumed run's initialisation, it continues from checkpoint-4
@@ -236,9 +236,8 @@ def test_resumed_distillation_ends_like_an_uninterrupted_run(tmp_path, tiny_enco
         train,
         dev,
         tmp_path / "twice",
-        student_model=tiny_encoder,
+        config,
         resume=True,
-        **RESUME_SETTINGS,
     )
     assert second_epoch.steps == [5, 6, 7, 8]
 
@@ -252,13 +251,6 @@ def test_resumed_distillation_ends_like_an_uninterrupted_run(tmp_path, tiny_enco
 # ---------------------------------------------------------------- sharded labelling from the command line
 
 
-def _load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO_ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_label_teacher_recipe_shards_then_merges(tmp_path, tiny_encoder, capsys):
     torch.manual_seed(0)
     CrossEncoder(tiny_encoder, num_labels=1, device="cpu").save(str(tmp_path / "teacher"))
@@ -266,7 +258,7 @@ def test_label_teacher_recipe_shards_then_merges(tmp_path, tiny_encoder, capsys)
     rows += [f"{i % 2}\t{i}\t{i + 100}\tSentence number {i}.\tAnother sentence {i * 3}." for i in range(40)]
     (tmp_path / "glue" / "MRPC").mkdir(parents=True)
     (tmp_path / "glue" / "MRPC" / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    recipe = _load_recipe("label_teacher")
+    recipe = load_recipe("label_teacher")
     common = ["--task", "mrpc", "--teacher", str(tmp_path / "teacher"), "--data-dir", str(tmp_path)]
     common += ["--cache-dir", str(tmp_path / "cache"), "--batch-size", "4"]
 
@@ -346,12 +338,20 @@ def test_labels_that_do_not_fit_the_task_stop_distillation(
         }
     )
     with pytest.raises(ValueError, match=message):
-        distill_student(task, pairs, None, tmp_path, student_model=tiny_encoder, epochs=1, batch_size=2, hidden_dim=8)
+        distill_student(
+            get_task(task),
+            pairs,
+            None,
+            tmp_path,
+            DistillConfig(student=tiny_encoder, epochs=1, batch_size=2, hidden_dim=8),
+        )
 
 
-def test_unknown_task_in_the_labelling_recipe(tmp_path):
-    with pytest.raises(ValueError, match="Unknown task 'cola'. Known tasks: mrpc"):
-        _load_recipe("label_teacher").main(["--task", "cola", "--teacher", str(tmp_path), "--data-dir", str(tmp_path)])
+def test_unknown_task_in_the_labelling_recipe(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        load_recipe("label_teacher").main(["--task", "cola", "--teacher", str(tmp_path), "--data-dir", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert "Unknown task 'cola'. Known tasks: mrpc" in error and "--train-file" in error
 
 
 def test_senteval_file_in_an_unexpected_encoding_is_named(tmp_path):

@@ -1,0 +1,8 @@
+"""Scoring with a trained student: row-aligned pairs, and queries against many cached candidates."""
+
+from __future__ import annotations
+
+from st_dse.inference.index import CandidateIndex, model_fingerprint
+from st_dse.inference.scoring import logits_to_output, score_pairs
+
+__all__ = ["CandidateIndex", "logits_to_output", "model_fingerprint", "score_pairs"]

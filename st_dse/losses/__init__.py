@@ -1,0 +1,8 @@
+"""DSELoss and the label packing it reads."""
+
+from __future__ import annotations
+
+from st_dse.losses.dse_loss import DSE_CITATION, DSELoss, distillation_loss, gold_loss
+from st_dse.losses.labels import pack_dse_labels
+
+__all__ = ["DSE_CITATION", "DSELoss", "distillation_loss", "gold_loss", "pack_dse_labels"]

@@ -1,0 +1,222 @@
+"""DSELoss: train a siamese student's PairHead to reproduce a cross-encoder teacher's logits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.losses.merged_forward import embed_columns
+from torch import Tensor, nn
+
+from st_dse.modules.pair_head import PairHead
+from st_dse.student import get_pair_head
+
+DSE_CITATION = """
+@inproceedings{barkan2020scalable,
+    title = "Scalable Attentive Sentence-Pair Modeling via Distilled Sentence Embedding",
+    author = "Barkan, Oren and Razin, Noam and Malkiel, Itzik and Katz, Ori and Caciularu, Avi and Koenigstein, Noam",
+    booktitle = "Proceedings of the AAAI Conference on Artificial Intelligence",
+    volume = "34",
+    year = "2020",
+    url = "https://arxiv.org/abs/1908.05161",
+}
+"""
+
+
+class DSELoss(nn.Module):
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        distillation_weight: float = 0.5,
+        symmetric: bool = False,
+        teacher_logit_scale: float = 1.0,
+    ) -> None:
+        """
+        Distilled Sentence Embedding loss: ``(1 - w) * gold + w * distill``.
+
+        ``distill`` is the squared L2 distance between the student's PairHead logits and the teacher's raw logits,
+        summed over logits and averaged over the batch, as in the original DSE code. ``gold`` is the task loss on the
+        gold labels: BCE-with-logits for binary tasks, cross-entropy for k-way tasks and MSE for regression (chosen by
+        the head's ``problem_type``), averaged over the rows that have a gold label. ``w = 1`` is pure distillation;
+        ``w = 0`` is the gold-only baseline with the same architecture.
+
+        The trainable head lives in the model (its last module), not in this loss, so it is saved with the model and
+        comes back with ``SentenceTransformer(path)``.
+
+        Args:
+            model: A SentenceTransformer with a :class:`~st_dse.PairHead` (see :func:`st_dse.build_student`).
+            distillation_weight: ``w`` in ``[0, 1]``. Defaults to 0.5, the paper's setting.
+            symmetric: Also score each pair in the other order and average the two losses; for symmetric tasks
+                (paraphrase, similarity), where ``score(a, b)`` should equal ``score(b, a)``.
+            teacher_logit_scale: Multiply the teacher's logits by this before comparing: below 1 the student chases
+                softer targets (closer to the gold loss's scale), above 1 sharper ones. For classification only: a
+                regression teacher's output is in label units, which the gold loss also uses. Defaults to 1 (the
+                paper's raw logits).
+
+        References:
+            - Barkan et al., Scalable Attentive Sentence-Pair Modeling via Distilled Sentence Embedding, AAAI 2020:
+              https://arxiv.org/abs/1908.05161
+
+        Requirements:
+            1. A student with a PairHead.
+            2. Sentence pairs with a ``label`` column packed by :func:`st_dse.pack_dse_labels`:
+               ``[gold, teacher_logit_1, ..., teacher_logit_k]``, with ``gold = NaN`` for pairs without a gold label
+               (e.g. teacher-labelled augmentation). With ``distillation_weight=0`` a plain gold label works too.
+
+        Inputs:
+            +-----------------------------------+--------------------------------------------------------+
+            | Inputs                            | Labels                                                 |
+            +===================================+========================================================+
+            | (sentence_A, sentence_B) pairs    | ``[gold, *teacher_logits]`` (``num_labels + 1`` floats) |
+            +-----------------------------------+--------------------------------------------------------+
+            | (sentence_A, sentence_B) pairs    | gold label, only with ``distillation_weight=0``         |
+            +-----------------------------------+--------------------------------------------------------+
+
+        Example:
+            ::
+
+                from datasets import Dataset
+                from sentence_transformers import CrossEncoder, SentenceTransformerTrainer
+                import st_dse
+
+                pairs = Dataset.from_dict({
+                    "sentence1": ["A man is playing a guitar.", "A woman is slicing onions."],
+                    "sentence2": ["Someone plays the guitar.", "A dog runs in the park."],
+                    "label": [1, 0],
+                })
+                teacher = CrossEncoder("cross-encoder/quora-distilroberta-base")
+                pairs = st_dse.label_with_teacher(teacher, pairs)
+                student = st_dse.build_student("sentence-transformers/all-MiniLM-L6-v2", num_labels=1)
+                loss = st_dse.DSELoss(student, distillation_weight=0.5)
+                train_dataset = st_dse.pack_dse_labels(pairs)
+                trainer = SentenceTransformerTrainer(model=student, train_dataset=train_dataset, loss=loss)
+                trainer.train()
+                student.save("dse-student")
+        """
+        super().__init__()
+        if not 0.0 <= distillation_weight <= 1.0:
+            raise ValueError(f"distillation_weight must be in [0, 1], got {distillation_weight}.")
+        self.model = model
+        self.distillation_weight = float(distillation_weight)
+        self.symmetric = symmetric
+        if not (math.isfinite(teacher_logit_scale) and teacher_logit_scale > 0):
+            raise ValueError(f"teacher_logit_scale must be a positive number, got {teacher_logit_scale}.")
+        self.teacher_logit_scale = float(teacher_logit_scale)
+        # Fail at construction, not at the first batch, when the model cannot score pairs.
+        head = get_pair_head(model)
+        if self.teacher_logit_scale != 1.0 and head.problem_type == "regression":
+            raise ValueError(
+                "teacher_logit_scale applies to classification teachers' logits; a regression teacher predicts the "
+                "label itself, on the gold loss's scale. Leave teacher_logit_scale at 1 for regression tasks."
+            )
+
+    @property
+    def head(self) -> PairHead:
+        return get_pair_head(self.model)
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        sentence_features = list(sentence_features)
+        if len(sentence_features) != 2:
+            raise ValueError(
+                f"DSELoss takes sentence pairs: two text columns, got {len(sentence_features)}. "
+                "Keep only the two sentence columns and the label column in the training dataset."
+            )
+        # Both sides share the encoder, so one merged forward pass embeds them.
+        embeddings1, embeddings2 = embed_columns(self.model, sentence_features, separate_first=False)
+        return self.compute_loss_from_embeddings(embeddings1, embeddings2, labels)
+
+    def compute_loss_from_embeddings(self, embeddings1: Tensor, embeddings2: Tensor, labels: Tensor) -> Tensor:
+        head = self.head
+        gold, teacher_logits = self.split_labels(labels, head.num_labels, len(embeddings1))
+        if teacher_logits is not None and self.teacher_logit_scale != 1.0:
+            teacher_logits = teacher_logits * self.teacher_logit_scale
+        loss = self._pair_loss(head.score(embeddings1, embeddings2), gold, teacher_logits, head.problem_type)
+        if self.symmetric:
+            reverse = self._pair_loss(head.score(embeddings2, embeddings1), gold, teacher_logits, head.problem_type)
+            loss = (loss + reverse) / 2
+        return loss
+
+    def _pair_loss(self, logits: Tensor, gold: Tensor, teacher_logits: Tensor | None, problem_type: str) -> Tensor:
+        weight = self.distillation_weight
+        # Compare in float32 even under bf16/fp16 autocast: teacher logits would lose digits in half precision.
+        logits = logits.float()
+        loss = logits.new_zeros(())
+        if weight < 1.0:
+            loss = loss + (1.0 - weight) * gold_loss(logits, gold, problem_type)
+        if weight > 0.0:
+            loss = loss + weight * distillation_loss(logits, teacher_logits)
+        return loss
+
+    def split_labels(self, labels: Tensor | None, num_labels: int, batch_size: int) -> tuple[Tensor, Tensor | None]:
+        """Split packed labels into gold labels ``(batch,)`` and teacher logits ``(batch, num_labels)``."""
+        if labels is None:
+            raise ValueError("DSELoss needs labels: a 'label' column packed with st_dse.pack_dse_labels(dataset).")
+        labels = labels.float()
+        if labels.dim() == 1 or (labels.dim() == 2 and labels.shape[1] == 1):
+            if self.distillation_weight > 0:
+                raise ValueError(
+                    f"DSELoss with distillation_weight={self.distillation_weight} needs teacher logits, but the "
+                    "labels hold one value per pair. Label the dataset with st_dse.label_with_teacher(...) and pack "
+                    "it with st_dse.pack_dse_labels(...), or use distillation_weight=0 for gold-only training."
+                )
+            gold, teacher_logits = labels.reshape(-1), None
+        elif labels.dim() == 2:
+            if labels.shape[1] != num_labels + 1:
+                raise ValueError(
+                    f"Packed labels have {labels.shape[1] - 1} teacher logits per pair, but the PairHead has "
+                    f"num_labels={num_labels}. Use a teacher with matching outputs (a 2-logit binary teacher is "
+                    "reduced to one logit by label_with_teacher) or build the student with the teacher's number of "
+                    "labels."
+                )
+            gold, teacher_logits = labels[:, 0], labels[:, 1:]
+            if self.distillation_weight > 0 and not torch.isfinite(teacher_logits).all():
+                raise ValueError("Teacher logits contain NaN or infinite values; relabel the dataset.")
+        else:
+            raise ValueError(f"Labels must have shape (batch,) or (batch, num_labels + 1), got {tuple(labels.shape)}.")
+        if len(gold) != batch_size:
+            raise ValueError(f"Got {len(gold)} labels for a batch of {batch_size} pairs.")
+        if self.distillation_weight < 1.0 and torch.isinf(gold).any():
+            raise ValueError("Gold labels contain infinite values; use NaN to mark pairs without a gold label.")
+        return gold, teacher_logits
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "distillation_weight": self.distillation_weight,
+            "symmetric": self.symmetric,
+            "teacher_logit_scale": self.teacher_logit_scale,
+        }
+
+    @property
+    def citation(self) -> str:
+        return DSE_CITATION
+
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Squared L2 distance between logits, summed over logits and averaged over the batch (the original DSE loss)."""
+    return ((student_logits - teacher_logits.to(student_logits.dtype)) ** 2).sum(dim=-1).mean()
+
+
+def gold_loss(logits: Tensor, gold: Tensor, problem_type: str) -> Tensor:
+    """The task loss on rows with a gold label (NaN marks rows without one); zero when no row has one."""
+    has_gold = ~torch.isnan(gold)
+    if not has_gold.any():
+        # Zero, but still connected to the graph: a gold-only step on such a batch must backpropagate.
+        return logits.sum() * 0.0
+    logits, gold = logits[has_gold], gold[has_gold].to(logits.dtype)
+    if problem_type == "binary":
+        if ((gold != 0) & (gold != 1)).any():
+            raise ValueError(f"Binary gold labels must be 0 or 1, got values {sorted(set(gold.tolist()))[:10]}.")
+        return F.binary_cross_entropy_with_logits(logits[:, 0], gold)
+    if problem_type == "multiclass":
+        classes = gold.long()
+        if (classes != gold).any() or (classes < 0).any() or (classes >= logits.shape[1]).any():
+            raise ValueError(
+                f"Multiclass gold labels must be class ids in [0, {logits.shape[1] - 1}], "
+                f"got values {sorted(set(gold.tolist()))[:10]}."
+            )
+        return F.cross_entropy(logits, classes)
+    return F.mse_loss(logits[:, 0], gold)

@@ -1,0 +1,311 @@
+"""PairHead: a sentence-transformers module that turns two sentence embeddings into task logits.
+
+The head passes features through untouched, so ``model.encode()`` returns the same embeddings with or without it. A
+saved student keeps it beside the standard modules of its folder (config + safetensors); :func:`st_dse.load_student`
+brings it back. The loss only borrows it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Literal
+
+try:
+    from typing import Self
+except ImportError:  # Python 3.10
+    from typing_extensions import Self
+
+import torch
+from safetensors.torch import load_model as load_safetensors_model
+from sentence_transformers.base.modules import Module
+from torch import Tensor, nn
+
+from st_dse.hub import hub_kwargs
+from st_dse.integrity import verify_manifest, write_manifest
+
+logger = logging.getLogger(__name__)
+
+
+HeadType = Literal["concat", "factorized"]
+ProblemType = Literal["binary", "multiclass", "regression"]
+Output = Literal["logits", "probabilities", "labels"]
+
+HEAD_TYPES = ("concat", "factorized")
+PROBLEM_TYPES = ("binary", "multiclass", "regression")
+# Version of the saved head format. Bump it when the saved config or weights change meaning, and keep loading old ones.
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+RESAVE = "Save the model again with model.save(path), or copy the whole folder again."
+
+
+class PairHead(Module):
+    """Maps a pair of sentence embeddings ``(u, v)`` to ``num_labels`` logits.
+
+    Two head types:
+
+    - ``"concat"`` (the DSE paper's): ``[u, v, u*v, |u-v|] -> Linear(hidden_dim) -> ReLU -> Linear(num_labels)``.
+      Most accurate, but every (query, candidate) pair runs the MLP.
+    - ``"factorized"``: each side goes through its own MLP to a vector per label, and the logit is their inner
+      product plus a per-side bias: ``logit_k = <q_k(u), c_k(v)> + b_k(u) + b'_k(v) + bias_k``. Candidate sides can be
+      precomputed, and scoring becomes a maximum-inner-product search (see :meth:`query_vectors` and
+      :meth:`candidate_vectors`).
+
+    Args:
+        in_features: Dimension of the sentence embeddings the head receives.
+        num_labels: Number of logits: 1 for binary tasks and regression, k for k-way classification.
+        head_type: ``"concat"`` or ``"factorized"``.
+        hidden_dim: Width of the hidden layer (both head types).
+        problem_type: ``"binary"``, ``"multiclass"`` or ``"regression"``; decides the gold loss, probabilities and
+            labels. Defaults to ``"multiclass"`` when ``num_labels > 1`` and ``"binary"`` otherwise.
+        rank: Size of each side's per-label vector in the factorized head. Defaults to ``hidden_dim // 4``.
+        dropout: Dropout on the head's hidden layer during training.
+        label_names: Optional names of the classes, saved with the head for users of the model.
+        format_version: Version of the saved format; set by loading, leave it alone.
+    """
+
+    config_keys: list[str] = [
+        "in_features",
+        "num_labels",
+        "head_type",
+        "hidden_dim",
+        "problem_type",
+        "rank",
+        "dropout",
+        "label_names",
+        "format_version",
+    ]
+
+    def __init__(
+        self,
+        in_features: int,
+        num_labels: int = 1,
+        head_type: HeadType = "concat",
+        hidden_dim: int = 512,
+        problem_type: ProblemType | None = None,
+        rank: int | None = None,
+        dropout: float = 0.0,
+        label_names: list[str] | None = None,
+        format_version: int = FORMAT_VERSION,
+    ) -> None:
+        super().__init__()
+        if format_version > FORMAT_VERSION:
+            raise ValueError(
+                f"This PairHead was saved in format version {format_version}, newer than the {FORMAT_VERSION} this "
+                "st_dse understands. Upgrade st_dse (`pip install -U st_dse`) to load it."
+            )
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"head_type must be one of {HEAD_TYPES}, got {head_type!r}.")
+        if problem_type is None:
+            problem_type = "multiclass" if num_labels > 1 else "binary"
+        if problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}.")
+        if num_labels < 1 or (problem_type == "multiclass") != (num_labels > 1):
+            raise ValueError(
+                f"num_labels={num_labels} does not fit problem_type={problem_type!r}: use num_labels=1 for binary "
+                "tasks and regression (one logit), and num_labels=k >= 2 for k-way classification."
+            )
+        if label_names is not None and problem_type != "regression":
+            expected = 2 if problem_type == "binary" else num_labels
+            if len(label_names) != expected:
+                raise ValueError(f"Expected {expected} label_names for a {problem_type} head, got {label_names}.")
+        self.in_features = in_features
+        self.num_labels = num_labels
+        self.head_type = head_type
+        self.hidden_dim = hidden_dim
+        self.problem_type = problem_type
+        self.rank = rank if rank is not None else max(1, hidden_dim // 4)
+        self.dropout = dropout
+        self.label_names = list(label_names) if label_names is not None else None
+        self.format_version = FORMAT_VERSION
+
+        if head_type == "concat":
+            self.classifier = nn.Sequential(
+                nn.Linear(4 * in_features, hidden_dim),
+                nn.ReLU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden_dim, num_labels),
+            )
+        else:
+            # Each side outputs, per label, `rank` vector components and one bias term.
+            side_out = num_labels * (self.rank + 1)
+            self.query_projection = self._side_mlp(in_features, hidden_dim, side_out, dropout)
+            self.candidate_projection = self._side_mlp(in_features, hidden_dim, side_out, dropout)
+            self.bias = nn.Parameter(torch.zeros(num_labels))
+
+    @staticmethod
+    def _side_mlp(in_features: int, hidden_dim: int, out_features: int, dropout: float) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Linear(in_features, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_features)
+        )
+
+    def forward(self, features: dict[str, Tensor | Any], **kwargs) -> dict[str, Tensor | Any]:
+        # The head scores pairs, not single sentences: encode() must return the embedding it was given.
+        return features
+
+    # -- scoring -------------------------------------------------------------------------------------------------
+
+    def _check_embeddings(self, *embeddings: Tensor) -> None:
+        for embedding in embeddings:
+            if embedding.shape[-1] != self.in_features:
+                raise ValueError(
+                    f"The PairHead expects embeddings of dimension {self.in_features}, got {embedding.shape[-1]}. "
+                    "Were the embeddings made by another model?"
+                )
+
+    def score(self, embeddings1: Tensor, embeddings2: Tensor) -> Tensor:
+        """Logits ``(batch, num_labels)`` for row-aligned embedding pairs, each ``(batch, in_features)``."""
+        self._check_embeddings(embeddings1, embeddings2)
+        if embeddings1.shape != embeddings2.shape:
+            raise ValueError(
+                f"Embedding pairs must have the same shape, got {embeddings1.shape} and {embeddings2.shape}."
+            )
+        dtype = self._parameter_dtype()
+        u, v = embeddings1.to(dtype), embeddings2.to(dtype)
+        if self.head_type == "concat":
+            return self.classifier(torch.cat([u, v, u * v, torch.abs(u - v)], dim=-1))
+        return (self.query_vectors(u) * self.candidate_vectors(v)).sum(-1)
+
+    def score_all(self, query_embeddings: Tensor, candidate_embeddings: Tensor) -> Tensor:
+        """Logits of every query against every candidate: shape ``(num_queries, num_candidates, num_labels)``.
+
+        Vectorised over candidates. The concat head's first layer is split into its four blocks so that the
+        ``u`` and ``v`` terms are computed once per query and once per candidate instead of once per pair.
+        """
+        self._check_embeddings(query_embeddings, candidate_embeddings)
+        dtype = self._parameter_dtype()
+        queries, candidates = query_embeddings.to(dtype), candidate_embeddings.to(dtype)
+        if self.head_type == "factorized":
+            return torch.einsum("qkr,nkr->qnk", self.query_vectors(queries), self.candidate_vectors(candidates))
+        first, _, dropout, second = self.classifier
+        w_u, w_v, w_mul, w_diff = first.weight.split(self.in_features, dim=1)
+        query_part = queries @ w_u.T + first.bias  # (Q, H)
+        candidate_part = candidates @ w_v.T  # (N, H)
+        hidden = query_part[:, None, :] + candidate_part[None, :, :]
+        hidden = hidden + torch.einsum("qd,nd,hd->qnh", queries, candidates, w_mul)
+        hidden = hidden + torch.abs(queries[:, None, :] - candidates[None, :, :]) @ w_diff.T
+        return second(dropout(torch.relu(hidden)))
+
+    def query_vectors(self, embeddings: Tensor) -> Tensor:
+        """Factorized head only: query-side vectors ``(batch, num_labels, rank + 2)``.
+
+        Their inner product with :meth:`candidate_vectors` is exactly the logit, bias included, so a
+        maximum-inner-product index over candidate vectors ranks candidates by logit.
+        """
+        projected = self._side("query_projection", embeddings)
+        vector, side_bias = projected[..., :-1], projected[..., -1:]
+        ones = torch.ones_like(side_bias)
+        return torch.cat([vector, ones, side_bias + self.bias[:, None]], dim=-1)
+
+    def candidate_vectors(self, embeddings: Tensor) -> Tensor:
+        """Factorized head only: candidate-side vectors ``(batch, num_labels, rank + 2)``; see query_vectors."""
+        projected = self._side("candidate_projection", embeddings)
+        vector, side_bias = projected[..., :-1], projected[..., -1:]
+        return torch.cat([vector, side_bias, torch.ones_like(side_bias)], dim=-1)
+
+    def _side(self, projection_name: str, embeddings: Tensor) -> Tensor:
+        if self.head_type != "factorized":
+            raise ValueError("query_vectors/candidate_vectors exist only for head_type='factorized'.")
+        self._check_embeddings(embeddings)
+        out = getattr(self, projection_name)(embeddings.to(self._parameter_dtype()))
+        return out.view(*embeddings.shape[:-1], self.num_labels, self.rank + 1)
+
+    def _parameter_dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # -- saving and loading -------------------------------------------------------------------------------------
+
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        os.makedirs(output_path, exist_ok=True)
+        self.save_config(output_path)
+        # Always safetensors: a pickled head is code execution on load and breaks across versions.
+        self.save_torch_weights(output_path, safe_serialization=True)
+        write_manifest(output_path, [self.config_file_name, WEIGHTS_NAME])
+
+    @classmethod
+    def load_beside(cls, model_name_or_path: str, subfolder: str, **download_options) -> Self | None:
+        """The head saved in ``subfolder`` of a model folder or Hub repository, or None when there is none."""
+        config_path = cls.load_file_path(
+            model_name_or_path, cls.config_file_name, subfolder=subfolder, **hub_kwargs(download_options)
+        )
+        return None if config_path is None else cls.load(model_name_or_path, subfolder=subfolder, **download_options)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> Self:
+        download_options = hub_kwargs(kwargs)
+        where = os.path.join(model_name_or_path, subfolder)
+        if os.path.isdir(where):
+            # A local folder: its files must be the ones the head was saved with (sizes and SHA-256).
+            verify_manifest(where, files=[cls.config_file_name, WEIGHTS_NAME], remedy=RESAVE)
+        config_path = cls.load_file_path(
+            model_name_or_path, cls.config_file_name, subfolder=subfolder, **download_options
+        )
+        weights_path = cls.load_file_path(model_name_or_path, WEIGHTS_NAME, subfolder=subfolder, **download_options)
+        for path, name in ((config_path, cls.config_file_name), (weights_path, WEIGHTS_NAME)):
+            if path is None:
+                raise FileNotFoundError(
+                    f"The PairHead file {os.path.join(where, name)!r} is missing: the model folder is incomplete. "
+                    "Save the model again with model.save(path), or copy the whole folder."
+                )
+        config = cls._read_config(config_path)
+        try:
+            head = cls(**config)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"The PairHead config {config_path!r} is not valid: {error}. {RESAVE}") from None
+        try:
+            missing, unexpected = load_safetensors_model(head, weights_path, strict=False)
+        except Exception as error:  # shape mismatch, truncated or corrupted file
+            raise ValueError(
+                f"The PairHead weights in {weights_path!r} do not match its config {config_path!r} ({config}): "
+                f"{error}. The folder mixes files from different models; save the model again."
+            ) from error
+        if missing or unexpected:
+            raise ValueError(
+                f"The PairHead weights in {weights_path!r} do not match its config {config_path!r}: missing "
+                f"{sorted(missing)}, unexpected {sorted(unexpected)}. The folder mixes files from different models."
+            )
+        return head
+
+    @classmethod
+    def _read_config(cls, config_path: str) -> dict[str, Any]:
+        """The head's config, checked: a JSON object with ``in_features`` and ``num_labels`` of the right types."""
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"The PairHead config {config_path!r} is not readable JSON ({error}). {RESAVE}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"The PairHead config {config_path!r} must be a JSON object. {RESAVE}")
+        for key, kind in (("in_features", int), ("num_labels", int), ("hidden_dim", int), ("head_type", str)):
+            if key in config and (not isinstance(config[key], kind) or isinstance(config[key], bool)):
+                raise ValueError(
+                    f"The PairHead config {config_path!r}: {key!r} must be {kind.__name__}, got {config[key]!r}. "
+                    f"{RESAVE}"
+                )
+        if "in_features" not in config:
+            raise ValueError(f"The PairHead config {config_path!r} lacks the key 'in_features'. {RESAVE}")
+        unknown = set(config) - set(cls.config_keys)
+        if unknown:
+            logger.warning("Ignoring unknown PairHead config keys %s in %s", sorted(unknown), config_path)
+        return {key: value for key, value in config.items() if key in cls.config_keys}
+
+
+def logits_to_output(logits: Tensor, problem_type: str, output: Output = "logits") -> Tensor:
+    """Turn head logits ``(n, num_labels)`` into the requested output.
+
+    ``"logits"`` gives ``(n,)`` for one-logit heads and ``(n, k)`` for k-way heads; ``"probabilities"`` applies a
+    sigmoid (binary) or softmax (k-way); ``"labels"`` gives class ids (binary: logit > 0, i.e. probability > 0.5).
+    """
+    if output not in ("logits", "probabilities", "labels"):
+        raise ValueError(f"output must be 'logits', 'probabilities' or 'labels', got {output!r}.")
+    if problem_type == "regression" and output != "logits":
+        raise ValueError(f"A regression head gives scores, not {output}; use output='logits'.")
+    if problem_type == "multiclass":
+        if output == "probabilities":
+            return torch.softmax(logits, dim=-1)
+        return logits.argmax(dim=-1) if output == "labels" else logits
+    logits = logits[:, 0]
+    if output == "probabilities":
+        return torch.sigmoid(logits)
+    return (logits > 0).long() if output == "labels" else logits

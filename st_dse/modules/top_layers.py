@@ -1,0 +1,69 @@
+"""TopLayersConcat: the original DSE sentence embedding, the mean over the concatenated last layers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+try:
+    from typing import Self
+except ImportError:  # Python 3.10
+    from typing_extensions import Self
+
+import torch
+from sentence_transformers.base.modules import Module
+from torch import Tensor
+
+from st_dse.hub import hub_kwargs
+
+logger = logging.getLogger(__name__)
+
+
+class TopLayersConcat(Module):
+    """Replaces the token embeddings with the concatenation of the encoder's last ``num_layers`` layers.
+
+    Placed between the Transformer and a mean Pooling module it gives the original DSE sentence embedding: the mean
+    over tokens of the concatenated top layers (4 in the paper), ``num_layers`` times the encoder's width. It has no
+    weights. The Transformer must return its hidden states (``config.output_hidden_states = True``, saved with the
+    model); :func:`build_student` with ``pooling_layers=k`` sets this up.
+
+    Args:
+        num_layers: How many of the last layers to concatenate.
+        embedding_dimension: Width of the concatenated token embeddings (``num_layers`` x the encoder's width).
+    """
+
+    config_keys: list[str] = ["num_layers", "embedding_dimension"]
+
+    def __init__(self, num_layers: int = 4, embedding_dimension: int | None = None) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}.")
+        self.num_layers = num_layers
+        self.embedding_dimension = embedding_dimension
+
+    def forward(self, features: dict[str, Tensor | Any], **kwargs) -> dict[str, Tensor | Any]:
+        layers = features.get("all_layer_embeddings")
+        if layers is None:
+            raise ValueError(
+                "TopLayersConcat needs the hidden states of every layer, but the Transformer returned none. Set "
+                "model[0].auto_model.config.output_hidden_states = True, or build the student with "
+                "st_dse.build_student(..., pooling_layers=k)."
+            )
+        # hidden_states holds the embedding layer's output first, then one entry per transformer layer.
+        if len(layers) - 1 < self.num_layers:
+            raise ValueError(
+                f"TopLayersConcat asks for the last {self.num_layers} layers, but the encoder has {len(layers) - 1}."
+            )
+        features["token_embeddings"] = torch.cat(list(layers[-self.num_layers :]), dim=-1)
+        return features
+
+    def get_embedding_dimension(self) -> int | None:
+        return self.embedding_dimension
+
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        self.save_config(output_path)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> Self:
+        download_options = hub_kwargs(kwargs)
+        return cls(**cls.load_config(model_name_or_path, subfolder=subfolder, **download_options))

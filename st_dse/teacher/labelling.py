@@ -1,0 +1,189 @@
+"""Teacher labelling: a cross-encoder's raw logits for every pair of a dataset, cached by content (see cache.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import datasets
+import numpy as np
+import torch
+from sentence_transformers import CrossEncoder
+from tqdm.auto import tqdm
+
+from st_dse.data.pairs import check_pairs
+from st_dse.fingerprint import weights_fingerprint
+from st_dse.teacher.cache import TeacherLogitCache, default_cache_dir, pair_key, shard_of
+
+logger = logging.getLogger(__name__)
+
+
+def teacher_fingerprint(cross_encoder: CrossEncoder) -> str:
+    """A hex digest that changes whenever the teacher's outputs could: its weights, label count and max length.
+
+    Hashing the weights (not the model name) means a further fine-tuned teacher saved under the same path never
+    reuses the logits of the earlier one.
+    """
+    settings = {
+        "class": type(cross_encoder).__name__,
+        "num_labels": cross_encoder.num_labels,
+        "max_length": getattr(cross_encoder, "max_length", None),
+    }
+    return weights_fingerprint(cross_encoder, settings)
+
+
+def raw_logits(cross_encoder: CrossEncoder, pairs: list[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
+    """The teacher's raw logits ``(n, k)``: no sigmoid or softmax. A 2-logit teacher gives ``l1 - l0`` as one logit.
+
+    The 2-to-1 reduction matches the original DSE code: for a binary softmax teacher, ``l1 - l0`` is the logit of the
+    positive class, which a one-output student head with BCE can reproduce exactly.
+    """
+    if not pairs:
+        return np.zeros((0, 1 if cross_encoder.num_labels <= 2 else cross_encoder.num_labels), dtype=np.float32)
+    logits = cross_encoder.predict(
+        pairs,
+        batch_size=batch_size,
+        activation_fn=torch.nn.Identity(),
+        apply_softmax=False,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    )
+    logits = np.asarray(logits, dtype=np.float32).reshape(len(pairs), -1)
+    if logits.shape[1] == 2:
+        logits = logits[:, 1:2] - logits[:, 0:1]
+    return logits
+
+
+def label_with_teacher(
+    cross_encoder: CrossEncoder,
+    dataset: datasets.Dataset,
+    sentence1_column: str = "sentence1",
+    sentence2_column: str = "sentence2",
+    output_column: str = "teacher_logits",
+    batch_size: int = 32,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    chunk_size: int | None = None,
+    show_progress_bar: bool | None = None,
+    shard_index: int | None = None,
+    num_shards: int | None = None,
+    require_cached: bool = False,
+    merge: bool = True,
+) -> datasets.Dataset:
+    """Add a column with the teacher's raw logits (a list of floats per row) to ``dataset``.
+
+    Logits are cached on disk (see :class:`TeacherLogitCache`), so an interrupted call, rerun with the same teacher
+    and cache folder, labels only the pairs that are missing, and gives exactly the logits of an uninterrupted run.
+
+    To split a large dataset across processes or machines, run one call per shard with ``shard_index=i`` and
+    ``num_shards=n`` (``recipes/label_teacher.py`` does this from the command line). Pairs are assigned to shards by a
+    hash of their text, so every process agrees on the split. With one shared cache folder (or the shards' cache
+    folders copied into one), a final call without shard arguments finds everything cached and labels nothing.
+
+    Args:
+        cross_encoder: The teacher, a fine-tuned :class:`~sentence_transformers.CrossEncoder`.
+        dataset: Pairs in ``sentence1_column`` and ``sentence2_column``; other columns are kept.
+        output_column: Name of the new column. Each row holds ``num_labels`` floats: one for a binary teacher (2-logit
+            teachers are reduced to ``l1 - l0``) or a regression teacher, k for a k-way teacher.
+        batch_size: Teacher batch size.
+        cache_dir: Where logits are cached; defaults to :func:`default_cache_dir`.
+        use_cache: Set False to neither read nor write the cache.
+        chunk_size: Pairs labelled between two cache writes; an interruption loses at most the chunk in flight.
+            Defaults to ``batch_size``: one teacher batch.
+        show_progress_bar: Defaults to showing one when logging is at INFO or below.
+        shard_index, num_shards: Label only shard ``shard_index`` of ``num_shards``; the returned dataset then holds
+            only that shard's rows, in their original order.
+        require_cached: Label nothing; raise a ValueError if any pair has no cached logits (e.g. a shard that has not
+            finished). Use it to check that sharded labelling is complete.
+        merge: After a complete run, fold the cache's files into one (leave it False while other processes may
+            be reading the same cache folder).
+
+    Raises:
+        ValueError: a missing column, a sentence that is empty, None or not a string, bad shard arguments, a teacher
+            that produced NaN or infinite logits (that batch is not cached), or missing logits with
+            ``require_cached``.
+    """
+    chunk_size = batch_size if chunk_size is None else chunk_size
+    for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    _check_shard_arguments(shard_index, num_shards)
+    if require_cached and not use_cache:
+        raise ValueError("require_cached=True reads the cache; it cannot be combined with use_cache=False.")
+    missing = [c for c in (sentence1_column, sentence2_column) if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"The dataset has no column(s) {missing}; its columns are {dataset.column_names}.")
+    sentences1, sentences2 = list(dataset[sentence1_column]), list(dataset[sentence2_column])
+    check_pairs(sentences1, sentences2)
+    keys = [pair_key(a, b) for a, b in zip(sentences1, sentences2)]
+    if num_shards is not None:
+        rows = [row for row, key in enumerate(keys) if shard_of(key, num_shards) == shard_index]
+        dataset = dataset.select(rows)
+        sentences1, sentences2, keys = ([values[row] for row in rows] for values in (sentences1, sentences2, keys))
+
+    fingerprint = teacher_fingerprint(cross_encoder)
+    cache = TeacherLogitCache(cache_dir or default_cache_dir(), fingerprint) if use_cache else None
+    known: dict[bytes, np.ndarray] = {}
+    # Distinct uncached pairs, labelled longest first (characters, as CrossEncoder.predict sorts) with the pair key
+    # breaking ties. Sorting across the whole to-do list, not only inside each chunk, keeps one-batch chunks about as
+    # little padded as one big predict call. The order is total and cached chunks are a prefix of it, so a rerun after
+    # an interruption forms exactly the chunks the uninterrupted run would have formed for the rest: identical logits.
+    todo: dict[bytes, tuple[str, str]] = {}
+    for key, a, b in zip(keys, sentences1, sentences2):
+        if cache is not None and key in cache:
+            known[key] = cache.get(key)
+        else:
+            todo[key] = (a, b)
+    shard = f" (shard {shard_index} of {num_shards})" if num_shards is not None else ""
+    logger.info(
+        "Teacher labelling%s: %d pairs, %d cached, %d to label", shard, len(keys), len(keys) - len(todo), len(todo)
+    )
+    if require_cached and todo:
+        raise ValueError(
+            f"{len(todo)} of {len(keys)} pairs{shard} have no cached logits for this teacher in {cache.directory}. "
+            "Label them first (e.g. finish the missing shards with recipes/label_teacher.py --shard-index i "
+            "--num-shards n), or copy the shards' cache folders into this one."
+        )
+
+    if show_progress_bar is None:
+        show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
+    todo_keys = sorted(todo, key=lambda key: (-(len(todo[key][0]) + len(todo[key][1])), key))
+    with tqdm(total=len(todo_keys), desc="Teacher labelling", unit="pair", disable=not show_progress_bar) as bar:
+        for start in range(0, len(todo_keys), chunk_size):
+            chunk_keys = todo_keys[start : start + chunk_size]
+            logits = raw_logits(cross_encoder, [todo[key] for key in chunk_keys], batch_size=batch_size)
+            if not np.isfinite(logits).all():
+                raise ValueError(
+                    "The teacher produced NaN or infinite logits; check the teacher's weights (a diverged fine-tune?) "
+                    f"and its dtype. Nothing from this chunk was cached ({start} pairs labelled before it are)."
+                )
+            if cache is not None:
+                cache.add(chunk_keys, logits)
+            known.update(zip(chunk_keys, logits))
+            bar.update(len(chunk_keys))
+    if cache is not None and merge:
+        # A complete run: fold the per-batch files (and earlier merged files) into one, so loading stays fast.
+        try:
+            cache.merge()
+        except OSError as error:  # e.g. a read-only shared cache that already held everything
+            logger.warning("Could not merge the teacher-logit cache files in %s: %s", cache.directory, error)
+
+    column = [known[key].tolist() for key in keys]
+    if output_column in dataset.column_names:
+        dataset = dataset.remove_columns(output_column)
+    return dataset.add_column(output_column, column)
+
+
+def _check_shard_arguments(shard_index: int | None, num_shards: int | None) -> None:
+    if (shard_index is None) != (num_shards is None):
+        raise ValueError("Pass shard_index and num_shards together (or neither, to label every pair).")
+    if num_shards is None:
+        return
+    for name, value in (("shard_index", shard_index), ("num_shards", num_shards)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}.")
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(
+            f"shard_index must be in [0, num_shards - 1] with num_shards >= 1, got shard_index={shard_index}, "
+            f"num_shards={num_shards}."
+        )

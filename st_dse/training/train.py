@@ -1,0 +1,205 @@
+"""Training helpers shared by the recipes: teacher fine-tuning, distillation, and task evaluation of both."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import datasets
+import torch
+from sentence_transformers import (
+    CrossEncoder,
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
+from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+from sentence_transformers.cross_encoder import losses as cross_encoder_losses
+from transformers import set_seed
+
+from st_dse.data import TaskSpec
+from st_dse.hub import resolve_model_name
+from st_dse.losses import DSELoss, pack_dse_labels
+from st_dse.student import build_student, head_learning_rate_mapping
+from st_dse.training.config import DistillConfig, TeacherConfig
+from st_dse.training.evaluator import PairTaskEvaluator, evaluate_cross_encoder
+from st_dse.training.outputs import sibling_dir
+
+logger = logging.getLogger(__name__)
+
+
+def _cross_encoder_loss(task: TaskSpec, cross_encoder: CrossEncoder):
+    if task.problem_type == "binary":
+        return cross_encoder_losses.BinaryCrossEntropyLoss(cross_encoder)
+    if task.problem_type == "multiclass":
+        return cross_encoder_losses.CrossEntropyLoss(cross_encoder)
+    # Regression: fit the raw logit to the gold score itself, so teacher logits and gold share one scale.
+    return cross_encoder_losses.MSELoss(cross_encoder, activation_fn=torch.nn.Identity())
+
+
+def finetune_teacher(
+    task: TaskSpec,
+    train_dataset: datasets.Dataset,
+    eval_dataset: datasets.Dataset | None,
+    output_dir: str | os.PathLike,
+    config: TeacherConfig | None = None,
+    resume: bool = False,
+    checkpoint_dir: str | os.PathLike | None = None,
+) -> CrossEncoder:
+    """Fine-tune a CrossEncoder teacher on a task's train split and save it to ``output_dir``.
+
+    The teacher outputs raw logits: one for binary tasks (trained with BCE) and regression (trained with MSE on the
+    gold score), k for k-way tasks (cross-entropy). The freshly initialised classification layer gets its own
+    ``config.classifier_lr`` (None: the encoder's), for the same reason as the student's PairHead. ``config.bf16``
+    trains in bfloat16 mixed precision (GPUs that support it); the saved weights stay float32. Checkpoints go to
+    ``checkpoint_dir``, by default the folder ``<output_dir>-checkpoints`` beside the teacher.
+    """
+    output_dir = Path(output_dir)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else sibling_dir(output_dir, "checkpoints")
+    config = config or TeacherConfig()
+    set_seed(config.seed)  # the trainer seeds only after the model exists; the fresh classifier must be seeded too
+    cross_encoder = CrossEncoder(
+        resolve_model_name(config.base_model),
+        num_labels=task.num_labels,
+        max_length=config.max_length,
+        # A regression teacher's output is the score itself; the default sigmoid would squash it.
+        activation_fn=torch.nn.Identity() if task.problem_type == "regression" else None,
+    )
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.lr,
+        learning_rate_mapping={r"(^|\.)classifier\.": config.classifier_lr} if config.classifier_lr else None,
+        warmup_steps=config.warmup_ratio,
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_steps=50,
+        seed=config.seed,
+        report_to="none",
+        use_cpu=_distributed_cpu_run(),
+        bf16=config.bf16,
+    )
+    trainer = CrossEncoderTrainer(
+        model=cross_encoder,
+        args=args,
+        train_dataset=train_dataset.select_columns(["sentence1", "sentence2", "label"]),
+        loss=_cross_encoder_loss(task, cross_encoder),
+    )
+    trainer.train(resume_from_checkpoint=_resume_point(resume, checkpoint_dir))
+    cross_encoder.save(str(output_dir))
+    if eval_dataset is not None:
+        metrics = evaluate_cross_encoder(cross_encoder, task, eval_dataset)
+        logger.info("Teacher dev metrics: %s", metrics)
+        (output_dir / "dev_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return cross_encoder
+
+
+def _distributed_cpu_run() -> bool:
+    """True under ``torchrun`` (WORLD_SIZE > 1) on a machine without CUDA.
+
+    transformers then sets up gloo DDP only with ``use_cpu=True``; without it every rank trains its own copy, and
+    sentence-transformers' rank-0-only evaluator leaves the other ranks without the best-checkpoint metric.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def last_complete_checkpoint(directory: Path) -> str | None:
+    """The newest ``checkpoint-N`` that was written completely, or None.
+
+    The trainer writes ``trainer_state.json`` last, so a run killed while saving leaves a newer, partial folder that
+    resuming "from the last checkpoint" by number would trip over.
+    """
+    if not directory.is_dir():
+        return None
+    complete = [
+        path
+        for path in directory.glob("checkpoint-*")
+        if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()
+    ]
+    if not complete:
+        return None
+    return str(max(complete, key=lambda path: int(path.name.split("-")[-1])))
+
+
+def _resume_point(resume: bool, directory: Path) -> str | None:
+    checkpoint = last_complete_checkpoint(directory) if resume else None
+    if resume:
+        logger.info("Resuming from %s", checkpoint or "the start: no complete checkpoint found")
+    return checkpoint
+
+
+def distill_student(
+    task: TaskSpec,
+    train_dataset: datasets.Dataset,
+    eval_dataset: datasets.Dataset | None,
+    checkpoint_dir: str | os.PathLike,
+    config: DistillConfig | None = None,
+    resume: bool = False,
+) -> SentenceTransformer:
+    """Train a DSE student on teacher-labelled pairs (``teacher_logits`` column) and return it, best checkpoint loaded.
+
+    Checkpoints go to ``checkpoint_dir`` (keep it outside the folder the student is saved to). With
+    ``config.distillation_weight=0`` this is the gold-only baseline: same architecture, same budget, no teacher (the
+    dataset then needs no ``teacher_logits`` column). ``config.pooling_layers=4`` gives the original DSE embedding
+    (see :class:`~st_dse.TopLayersConcat`); ``config.bf16`` trains in bfloat16 mixed precision, while DSELoss still
+    compares logits in float32. Rows whose gold label is missing (None) train on the teacher's logits alone.
+    """
+    config = config or DistillConfig()
+    set_seed(config.seed)  # the trainer seeds only after the model exists; the fresh PairHead must be seeded too
+    student = build_student(
+        config.student,
+        num_labels=task.num_labels,
+        problem_type=task.problem_type,
+        head_type=config.head,
+        hidden_dim=config.hidden_dim,
+        keep_normalize=config.keep_normalize,
+        pooling_layers=config.pooling_layers,
+        label_names=list(task.label_names) if task.problem_type != "regression" and task.label_names else None,
+    )
+    student.max_seq_length = config.max_seq_length
+    if config.distillation_weight > 0:
+        train = pack_dse_labels(train_dataset, gold_column="label" if "label" in train_dataset.column_names else None)
+    else:
+        train = train_dataset.select_columns(["sentence1", "sentence2", "label"])
+    evaluator = PairTaskEvaluator(task, eval_dataset) if eval_dataset is not None else None
+    args = _student_training_arguments(task, config, Path(checkpoint_dir), has_eval=evaluator is not None)
+    args.learning_rate_mapping = head_learning_rate_mapping(student, config.head_lr)
+    loss = DSELoss(
+        student,
+        distillation_weight=config.distillation_weight,
+        symmetric=config.symmetric,
+        teacher_logit_scale=config.teacher_logit_scale,
+    )
+    trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train, loss=loss, evaluator=evaluator)
+    trainer.train(resume_from_checkpoint=_resume_point(resume, Path(checkpoint_dir)))
+    return student
+
+
+def _student_training_arguments(
+    task: TaskSpec, config: DistillConfig, checkpoint_dir: Path, has_eval: bool
+) -> SentenceTransformerTrainingArguments:
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.lr,
+        warmup_steps=config.warmup_ratio,
+        eval_strategy="epoch" if has_eval else "no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model=f"eval_{task.name}_dev_{task.main_metric}" if has_eval else None,
+        greater_is_better=True,
+        logging_steps=50,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        use_cpu=_distributed_cpu_run(),
+        # DSELoss calls the PairHead outside the model's forward (on the embeddings it returns); DDP accepts
+        # parameters used outside forward only with a static graph, which a DSE training step is.
+        ddp_static_graph=True,
+        bf16=config.bf16,
+    )
