@@ -1,0 +1,86 @@
+"""ONNX export: the exported encoder and pair head reproduce the torch student."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from st_dse.head import build_student
+from st_dse.scoring import score_pairs
+
+pytest.importorskip("onnx", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
+
+from st_dse.inference.export import OnnxStudent, export_onnx  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SENTENCES1 = [
+    "Hi.",
+    "How do I learn Python quickly?",
+    "A man plays a guitar on the street while a small crowd gathers to listen to him.",
+    "The stock market fell sharply on Monday after the central bank raised interest rates again.",
+    "Python",
+    "How do I learn Python quickly?",
+]
+SENTENCES2 = [
+    "Hello there, how are you doing today?",
+    "What is the best way to learn Python?",
+    "Someone plays guitar.",
+    "Shares dropped.",
+    "Is Python a good first programming language for someone who has never written any code? " * 20,
+    "How do I cook rice?",
+]
+
+
+@pytest.fixture(scope="module")
+def exported(minilm_path, tmp_path_factory):
+    torch.manual_seed(0)
+    student = build_student(minilm_path, num_labels=1)
+    folder = export_onnx(student, tmp_path_factory.mktemp("onnx") / "student")
+    return student, folder
+
+
+def test_export_writes_the_folder(exported):
+    student, folder = exported
+    for name in ("encoder.onnx", "pair_head.onnx", "onnx_config.json", "tokenizer_config.json"):
+        assert (folder / name).is_file(), name
+    config = json.loads((folder / "onnx_config.json").read_text())
+    assert config["max_seq_length"] == student.max_seq_length
+    assert config["encoder"]["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert config["head"]["num_labels"] == 1 and config["head"]["head_type"] == "concat"
+    assert config["normalized"] is False
+
+
+def test_onnx_student_matches_torch(exported):
+    student, folder = exported
+    onnx_student = OnnxStudent(folder, providers=["CPUExecutionProvider"])
+    sentences = SENTENCES1 + SENTENCES2
+    np.testing.assert_allclose(onnx_student.encode(sentences, batch_size=4), student.encode(sentences), atol=1e-4)
+    logits = onnx_student.score_pairs(SENTENCES1, SENTENCES2)
+    assert logits.shape == (len(SENTENCES1),)
+    np.testing.assert_allclose(logits, score_pairs(student, SENTENCES1, SENTENCES2), atol=1e-4)
+    # Cached candidates scored by the head alone: one query against many embeddings.
+    candidates = onnx_student.encode(SENTENCES2)
+    query = onnx_student.encode(SENTENCES1[1])
+    np.testing.assert_allclose(
+        onnx_student.score_embeddings(query, candidates),
+        score_pairs(student, [SENTENCES1[1]] * len(SENTENCES2), SENTENCES2),
+        atol=1e-4,
+    )
+
+
+def test_normalize_and_multiclass_export(minilm_path, tmp_path):
+    torch.manual_seed(1)
+    student = build_student(minilm_path, num_labels=3, keep_normalize=True, head_type="factorized", hidden_dim=64)
+    folder = export_onnx(student, tmp_path / "student")
+    assert json.loads((folder / "onnx_config.json").read_text())["normalized"] is True
+    onnx_student = OnnxStudent(folder)  # default providers
+    embeddings = onnx_student.encode(SENTENCES1)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
+    logits = onnx_student.score_pairs(SENTENCES1, SENTENCES2)
+    assert logits.shape == (len(SENTENCES1), 3)
+    np.testing.assert_allclose(logits, score_pairs(student, SENTENCES1, SENTENCES2), atol=1e-4)
