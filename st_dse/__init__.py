@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from st_dse.data import augment_pairs, with_augmented
 from st_dse.hub import DEFAULT_MODEL, resolve_model_name
-from st_dse.inference import CandidateIndex, score_pairs
+from st_dse.inference import CandidateIndex, DSEReranker, score_pairs
 from st_dse.losses import DSELoss, pack_dse_labels
 from st_dse.modules import PairHead, TopLayersConcat
 from st_dse.student import (
+    DSEStudent,
     add_pair_head,
     build_student,
     get_pair_head,
@@ -31,6 +32,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "CandidateIndex",
     "DSELoss",
+    "DSEReranker",
+    "DSEStudent",
     "PairHead",
     "TeacherLogitCache",
     "TopLayersConcat",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from st_dse.inference.index import CandidateIndex, model_fingerprint
+from st_dse.inference.reranker import DSEReranker
 from st_dse.inference.scoring import logits_to_output, score_pairs
 
-__all__ = ["CandidateIndex", "logits_to_output", "model_fingerprint", "score_pairs"]
+__all__ = ["CandidateIndex", "DSEReranker", "logits_to_output", "model_fingerprint", "score_pairs"]

@@ -23,7 +23,8 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
-from st_dse.head import PairHead, get_pair_head
+from st_dse.modules import PairHead
+from st_dse.student import get_pair_head
 
 __all__ = ["ENCODER_NAME", "ONNX_CONFIG_NAME", "PAIR_HEAD_NAME", "OnnxStudent", "export_onnx"]
 
@@ -259,7 +260,7 @@ class OnnxStudent:
         return logits[:, 0] if self.num_labels == 1 else logits
 
     def score_pairs(self, sentences1: Sequence[str], sentences2: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Logits of row-aligned sentence pairs, shaped as :func:`st_dse.scoring.score_pairs` returns them."""
+        """Logits of row-aligned sentence pairs, shaped as :func:`st_dse.score_pairs` returns them."""
         sentences1, sentences2 = list(sentences1), list(sentences2)
         if len(sentences1) != len(sentences2):
             raise ValueError(f"The two lists must have the same length, got {len(sentences1)} and {len(sentences2)}.")

@@ -1,9 +1,9 @@
 """A drop-in replacement for :class:`~sentence_transformers.CrossEncoder` ``predict``/``rank`` backed by a DSE student.
 
-:class:`DSEReranker` wraps a student (a SentenceTransformer with a :class:`~st_dse.head.PairHead`) behind the same
+:class:`DSEReranker` wraps a student (a SentenceTransformer with a :class:`~st_dse.PairHead`) behind the same
 ``predict`` and ``rank`` methods, arguments, defaults and return types as the installed CrossEncoder, so code
 written for a cross-encoder reranker runs unchanged on the (much faster) student. Each pair is scored as
-:func:`st_dse.scoring.score_pairs` scores it (the head on the two sentence embeddings), then passed through the
+:func:`st_dse.score_pairs` scores it (the head on the two sentence embeddings), then passed through the
 activation, exactly where CrossEncoder applies its own.
 
 Document embeddings are cached: the second text of every pair (the document of ``rank``) is looked up in an LRU
@@ -25,8 +25,8 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
-from st_dse.head import get_pair_head, load_student
-from st_dse.teacher import check_pairs
+from st_dse.data.pairs import check_pairs
+from st_dse.student import get_pair_head, load_student
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _is_singular_input(inputs: Any) -> bool:
 class DSEReranker:
     """A DSE student with CrossEncoder's ``predict`` and ``rank``: a drop-in, faster reranker.
 
-    Scores are the student's head logits (what :func:`st_dse.scoring.score_pairs` returns) passed through
+    Scores are the student's head logits (what :func:`st_dse.score_pairs` returns) passed through
     ``activation_fn``. Like CrossEncoder, the default activation is :class:`torch.nn.Sigmoid` for a one-logit binary
     head, and :class:`torch.nn.Identity` otherwise: regression heads give their raw scores, k-way heads their raw
     logits (``apply_softmax=True`` turns them into probabilities). Pass ``activation_fn=torch.nn.Identity()`` to
@@ -121,7 +121,7 @@ class DSEReranker:
         cache_size: int = DEFAULT_CACHE_SIZE,
         **kwargs,
     ) -> DSEReranker:
-        """Load a saved student with :func:`st_dse.head.load_student` (``kwargs`` go there) and wrap it."""
+        """Load a saved student with :func:`st_dse.load_student` (``kwargs`` go there) and wrap it."""
         return cls(load_student(model_name_or_path, **kwargs), activation_fn=activation_fn, cache_size=cache_size)
 
     # -- CrossEncoder-like attributes ----------------------------------------------------------------------------

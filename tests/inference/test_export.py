@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from st_dse.head import build_student
-from st_dse.scoring import score_pairs
+from st_dse.inference import score_pairs
+from st_dse.student import build_student
 
 pytest.importorskip("onnx", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install -e '.[onnx]'")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
-from st_dse.head import build_student
+from st_dse.inference import score_pairs
 from st_dse.inference.reranker import DSEReranker
-from st_dse.scoring import score_pairs
+from st_dse.student import build_student
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
