@@ -161,9 +161,12 @@ def with_augmented(
     """``train`` (gold and teacher logits) followed by ``augmented`` (teacher logits only, gold ``NaN``).
 
     The result has the text columns, a float ``label`` column (``NaN`` where no gold exists, which DSELoss leaves out
-    of the gold loss) and the teacher logits: ready for :func:`st_dse.loss.pack_dse_labels`.
+    of the gold loss) and the teacher logits: ready for :func:`st_dse.pack_dse_labels`. Training
+    pairs without a label column get ``NaN`` gold as well.
     """
     columns = ["sentence1", "sentence2", label_column, teacher_column]
+    if label_column not in train.column_names:  # pairs without gold labels: the teacher alone, as for the new ones
+        train = train.add_column(label_column, [math.nan] * len(train))
     for name, dataset, needed in (
         ("train", train, columns),
         ("augmented", augmented, ["sentence1", "sentence2", teacher_column]),
