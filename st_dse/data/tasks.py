@@ -1,4 +1,4 @@
-"""Sentence-pair tasks: a registry, data loading and the official metrics.
+"""Sentence-pair tasks: the registry and the official metrics.
 
 Every task is loaded as a :class:`datasets.Dataset` with exactly three columns, in the source file's row order::
 
@@ -8,16 +8,7 @@ Tasks: GLUE's ``mrpc``, ``qqp``, ``stsb``, ``mnli``, ``qnli``, ``rte``; ``sick-e
 (relatedness 1-5) from SentEval's copy of SICK; and ``qqp-subset``, a seeded held-out split of a 23,497-row sample of
 GLUE QQP *train* (for machines without the full QQP files: its numbers are "QQP subset" numbers, never GLUE dev).
 
-Where the data comes from (``load_task(name, split, data_dir=None, path=None)``):
-
-* ``path`` given: that one file, read with the column layout of ``split`` (e.g. the LM-BFF k-shot samples, which are
-  GLUE TSVs: ``load_task("mnli", "train", path=".../glue/MNLI/lmbff_k-shot/16-42/train.tsv")``).
-* ``data_dir`` given (or, when it is None, the environment variable ``ST_DSE_DATA_DIR``): local files. ``data_dir`` may
-  be the data root (holding ``glue/``, ``stsbenchmark/``, ``senteval/``), the GLUE folder itself (holding ``MRPC/``,
-  ``STS-B/``, ... as GLUE's ``download_glue_data.py`` writes it; the other sources are then looked up next to it), or a
-  folder holding the split's file directly (``train.tsv``, ``dev.tsv``, ``dev_matched.tsv``: a k-shot folder).
-* neither: the Hugging Face hub, ``datasets.load_dataset("nyu-mll/glue", config)``. SICK, the STS-B gold test set and
-  ``qqp-subset`` exist only as local files.
+Where the data comes from: :mod:`st_dse.data.readers` (local files or the Hugging Face Hub).
 
 Labels follow the Hugging Face GLUE convention (e.g. RTE/QNLI ``entailment`` = 0), so hub and local data agree.
 Binary tasks use one head output (``num_labels`` = 1, class 1 when the logit is > 0), k-way tasks k outputs and
