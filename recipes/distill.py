@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
         teacher, teacher_name = CrossEncoder(resolve_model_name(config.teacher)), config.teacher
     try:
         task, train, dev = load_pairs(data, teacher)
-    except HubUnreachableError as error:
+    except (HubUnreachableError, FileNotFoundError, ValueError) as error:  # one line, not a traceback
         raise SystemExit(f"error: {error}") from None
     check_teacher_logit_scale(config, task)
     labelled = "label" in train.column_names and any(label is not None for label in train["label"])
@@ -155,7 +155,10 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
 
     # 3. Train the student with DSELoss, evaluating on dev each epoch and keeping the best checkpoint.
     start = time.perf_counter()
-    dev_with_gold = dev if dev is not None and "label" in dev.column_names else None
+    dev_with_gold = None  # the dev pairs that carry a gold label pick the best epoch
+    if dev is not None and "label" in dev.column_names:
+        dev_with_gold = dev.filter(lambda row: row["label"] is not None)
+        dev_with_gold = dev_with_gold if len(dev_with_gold) else None
     checkpoints = sibling_dir(run.output_dir, "checkpoints")
     student = distill_student(task, train, dev_with_gold, checkpoints, config, resume=run.resume)
     timings["student"] = time.perf_counter() - start

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
         check_output_dir(run.output_dir, run.overwrite, run.resume)
         # 1. Load the train and dev pairs; the task's shape comes from the registry or from the gold labels.
         task, train, dev = load_pairs(data)
-    except (FileExistsError, HubUnreachableError) as error:
+    except (FileExistsError, FileNotFoundError, HubUnreachableError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     train = train.filter(lambda row: row["label"] is not None)
     if dev is not None and "label" not in dev.column_names:

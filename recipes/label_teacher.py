@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = CrossEncoder(resolve_model_name(args.teacher))
     try:
         dataset = load_split(data, args, teacher)
-    except HubUnreachableError as error:
+    except (HubUnreachableError, FileNotFoundError, ValueError) as error:  # one line, not a traceback
         raise SystemExit(f"error: {error}") from None
     cache_dir = args.cache_dir or default_cache_dir()
     source = data.task or data.train_file or data.dataset

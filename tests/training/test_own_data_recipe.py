@@ -1,0 +1,100 @@
+"""recipes/distill.py on your own pairs and teacher: a 3-label teacher with label names, a regression teacher, mixed
+labels, and the one-line errors where a user is stuck."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from sentence_transformers import CrossEncoder
+
+from tests.conftest import load_recipe
+from tests.test_reliability import build_tiny_encoder
+
+NLI_NAMES = ["contradiction", "entailment", "neutral"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, minilm_path) -> str:
+    return str(build_tiny_encoder(tmp_path_factory.mktemp("tiny"), minilm_path))
+
+
+def _teacher(tiny: str, folder, num_labels: int, names: list[str] | None = None) -> str:
+    torch.manual_seed(0)
+    teacher = CrossEncoder(tiny, num_labels=num_labels, max_length=32)
+    if names:
+        teacher.config.id2label = dict(enumerate(names))
+        teacher.config.label2id = {name: index for index, name in enumerate(names)}
+    teacher.save(str(folder))
+    return str(folder)
+
+
+def _run(tmp_path, tiny, teacher, train_file, dev_file, *extra):
+    recipe = load_recipe("distill")
+    args = ["--teacher", teacher, "--train-file", str(train_file), "--dev-file", str(dev_file), "--student", tiny]
+    args += ["--epochs", "1", "--batch-size", "4", "--augment", "0", "--cache-dir", str(tmp_path / "cache")]
+    return recipe.main([*args, "--output-dir", str(tmp_path / "student"), *extra])
+
+
+def test_three_label_teacher_with_names_and_mixed_labels(tmp_path, tiny):
+    teacher = _teacher(tiny, tmp_path / "teacher", 3, NLI_NAMES)
+    rows = [
+        {"premise": f"A person number {i} walks.", "hypothesis": f"Someone moves {i}.", "label": label}
+        for i, label in enumerate(["entailment", "", "Contradiction", "neutral", None, "entailment"])
+    ]
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    results = _run(tmp_path, tiny, teacher, train, train)
+    head_config = json.loads((tmp_path / "student" / "pair_head" / "config.json").read_text())
+    assert head_config["num_labels"] == 3 and head_config["label_names"] == NLI_NAMES
+    assert head_config["problem_type"] == "multiclass"
+    agreement = results["agreement"]
+    assert agreement["num_gold"] == 4 and 0 <= agreement["label_agreement"] <= 1
+    assert set(results["metrics"]) == {"student", "teacher"} and "accuracy" in results["metrics"]["student"]
+    assert results["distillation_weight"] == 0.5  # some rows have gold labels: gold and teacher share the loss
+
+
+def test_regression_teacher_on_graded_scores(tmp_path, tiny):
+    teacher = _teacher(tiny, tmp_path / "teacher", 1)
+    train = tmp_path / "train.csv"
+    lines = ["text1,text2,score"] + [f"Sentence {i} here,Another sentence {i * 7},{i % 6 * 0.9:.1f}" for i in range(8)]
+    train.write_text("\n".join(lines) + "\n")
+    results = _run(tmp_path, tiny, teacher, train, train)
+    head_config = json.loads((tmp_path / "student" / "pair_head" / "config.json").read_text())
+    assert head_config["problem_type"] == "regression" and head_config["label_names"] is None
+    assert set(results["metrics"]["student"]) >= {"spearman", "pearson"}
+
+
+def test_unlabelled_pairs_without_a_teacher_say_what_to_pass(tmp_path, tiny):
+    train = tmp_path / "pairs.tsv"
+    train.write_text("query\tdocument\nhow do I learn python\tbest way to learn python\n")
+    with pytest.raises(SystemExit):
+        load_recipe("distill").main(["--train-file", str(train), "--output-dir", str(tmp_path / "out")])
+
+
+def test_an_unreadable_file_is_named(tmp_path, tiny, capsys):
+    train = tmp_path / "pairs.xlsx"
+    train.write_text("not a table")
+    teacher = _teacher(tiny, tmp_path / "teacher", 1)
+    with pytest.raises((SystemExit, ValueError), match="pairs.xlsx"):
+        load_recipe("distill").main(
+            ["--teacher", teacher, "--train-file", str(train), "--output-dir", str(tmp_path / "out")]
+        )
+
+
+def test_a_run_never_destroys_an_earlier_model_unasked(tmp_path, tiny):
+    teacher = _teacher(tiny, tmp_path / "teacher", 1)
+    train = tmp_path / "train.csv"
+    train.write_text("sentence1,sentence2,label\n" + "".join(f"a {i},b {i},{i % 2}\n" for i in range(6)))
+    first = _run(tmp_path, tiny, teacher, train, train)
+    saved = tmp_path / "student"
+    (saved / "dev_metrics.json").write_text("{}")  # a file of the earlier model, not of the next one
+    before = (saved / "pair_head" / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit, match="--overwrite"):
+        _run(tmp_path, tiny, teacher, train, train, "--seed", "7")
+    assert (saved / "pair_head" / "model.safetensors").read_bytes() == before  # refused before any work
+    second = _run(tmp_path, tiny, teacher, train, train, "--seed", "7", "--overwrite")
+    assert not (saved / "dev_metrics.json").exists()  # nothing of the earlier model stays beside the new one
+    assert (saved / "pair_head" / "model.safetensors").read_bytes() != before
+    assert first["settings"]["seed"] == 42 and second["settings"]["seed"] == 7
