@@ -4,8 +4,11 @@ mteb (2.x) normally downloads each task's data from the Hub inside ``task.load_d
 module builds the same evaluation split from local files and hands it to the task the way mteb itself supports for
 pre-loaded data: ``task.dataset`` is set and ``task.data_loaded = True`` before ``mteb.evaluate`` runs, so mteb skips
 its own loading and scores the pairs with its own evaluators (``AnySTSEvaluator`` for STS, the pair-classification
-evaluator for pair classification). Results keep the official task name and metadata, so they land in MTEB's results
-format (``results/<org>__<model>/<revision>/<Task>.json``) ready for a leaderboard submission.
+evaluator for pair classification). Results keep the official task name and metadata and land in MTEB's results
+format (``results/<org>__<model>/<revision>/<Task>.json``), for comparing models on the same local pairs. They are
+not leaderboard results: the text is a local copy (see below), and a local folder's revision is a hash of its weights,
+not a Hub commit. Leaderboard results come from mteb itself, online, on the model pushed to the Hub (see
+evaluation/mteb_sts.py).
 
 Because the scores are only comparable when the pairs are the same, every local split is checked against the
 statistics mteb ships with each task (``task.metadata.descriptive_stats``):
@@ -18,8 +21,9 @@ statistics mteb ships with each task (``task.metadata.descriptive_stats``):
 Which local files match which task (checked against mteb 2.26 descriptive statistics)::
 
     STS12-STS16   senteval/data/downstream/STS/STS1x-en-test/  SentEval's lowercased, tokenised copy of the SemEval
-                  releases. All mteb statistics match exactly, so this is the text MTEB evaluates on; the cased raw
-                  releases in sts_raw/ have other lengths and distinct-text counts and are not used.
+                  releases. All mteb statistics match exactly (lengths and distinct texts; letter case does not
+                  show in them), so this is the tokenisation MTEB evaluates on; the cased raw releases in sts_raw/
+                  have other lengths and distinct-text counts and are not used.
     STSBenchmark  stsbenchmark/sts-test.csv (original cased release): every statistic matches.
     SICK-R        senteval/data/downstream/SICK/SICK_{train,trial,test_annotated}.txt: MTEB's SICK-R "test" split
                   is all 9,927 SICK pairs, not only the 4,927 test pairs. Pair count, distinct texts, distinct
@@ -43,6 +47,7 @@ Example::
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -91,10 +96,17 @@ class LocalDataMismatchError(ValueError):
 
 @dataclass(frozen=True)
 class LocalSource:
-    """How to build one task's evaluation split from the local data folder."""
+    """How to build one task's evaluation split from the local data folder, and how its text compares with MTEB's.
+
+    ``matches_mteb_statistics`` is True when every statistic mteb ships for the split matches the local copy (pairs,
+    characters, distinct texts, scores), False when the text is known to differ; ``text_note`` says what the local
+    text is and how it compares with MTEB's.
+    """
 
     load: Callable[[Path], dict[str, list[Any]]]
     description: str
+    matches_mteb_statistics: bool
+    text_note: str
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -215,12 +227,39 @@ def load_twitter_url_corpus_test(data_dir: Path) -> dict[str, list[Any]]:
 
 LOCAL_SOURCES: dict[str, LocalSource] = {
     **{
-        name: LocalSource(_semeval_loader(name), f"SentEval copy of the SemEval {name} test release")
+        name: LocalSource(
+            _semeval_loader(name),
+            f"SentEval copy of the SemEval {name} test release",
+            matches_mteb_statistics=True,
+            text_note=(
+                "SentEval's lowercased, Moses-tokenised copy of the SemEval release, not the cased original: every "
+                "statistic mteb ships matches it (lengths, distinct texts, scores), which the original release does "
+                "not; statistics do not show letter case"
+            ),
+        )
         for name in SEMEVAL_STS_SOURCES
     },
-    "STSBenchmark": LocalSource(load_sts_benchmark_test, "original STS Benchmark release, sts-test.csv"),
-    "SICK-R": LocalSource(load_sick_relatedness, "SICK train + trial + test (SemEval-2014 task 1 files)"),
-    "TwitterURLCorpus": LocalSource(load_twitter_url_corpus_test, "original Twitter URL Corpus test file only"),
+    "STSBenchmark": LocalSource(
+        load_sts_benchmark_test,
+        "original STS Benchmark release, sts-test.csv",
+        matches_mteb_statistics=True,
+        text_note="the original cased release: every statistic mteb ships matches it exactly",
+    ),
+    "SICK-R": LocalSource(
+        load_sick_relatedness,
+        "SICK train + trial + test (SemEval-2014 task 1 files)",
+        matches_mteb_statistics=False,
+        text_note=(
+            "same pairs, distinct texts and scores as MTEB's, but the text is 0.12% longer (1,079 characters): a "
+            "few hundred sentences are spaced differently (e.g. ' ,' or \"isn 't\"), so scores may differ slightly"
+        ),
+    ),
+    "TwitterURLCorpus": LocalSource(
+        load_twitter_url_corpus_test,
+        "original Twitter URL Corpus test file only",
+        matches_mteb_statistics=False,
+        text_note="only the test file; MTEB's split also holds the train file, so the task is not run",
+    ),
 }
 
 # Why a task's local copy is known not to match, shown with the count error.
@@ -416,6 +455,27 @@ def load_local_task(task_name: str, data_dir: str | os.PathLike[str] | None = No
     return task, notes
 
 
+def describe_local_data(task_name: str, notes: Sequence[str] = ()) -> dict[str, Any]:
+    """How a task's local copy compares with MTEB's text, for the results summary.
+
+    Args:
+        task_name: A task with a local source (:data:`LOCAL_SOURCES`).
+        notes: The differences from mteb's statistics found when the data was loaded (see :func:`check_split`).
+
+    Returns:
+        ``source`` (the local files), ``matches_mteb_statistics`` (False when the text is known to differ or any
+        statistic differed in this run), ``text`` (what the text is, against MTEB's) and ``statistics_differences``
+        (``notes``).
+    """
+    source = LOCAL_SOURCES[task_name]
+    return {
+        "source": source.description,
+        "matches_mteb_statistics": source.matches_mteb_statistics and not notes,
+        "text": source.text_note,
+        "statistics_differences": list(notes),
+    }
+
+
 def load_local_tasks(
     task_names: Iterable[str] = SUPPORTED_TASKS, data_dir: str | os.PathLike[str] | None = None
 ) -> tuple[list[AbsTask], dict[str, list[str]]]:
@@ -442,11 +502,49 @@ def _known_model_meta(model_name: str) -> Any | None:
     return MODEL_REGISTRY.get(model_name)
 
 
-def folder_revision(folder: str | os.PathLike[str]) -> str:
-    """A 40-hex-digit content hash of a model folder, to stand in for a Hub commit id.
+# Files a model computes with: weights, and the JSON and text files that configure its modules and tokenizer.
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".txt", ".model")
+# Files that record a run rather than the model (st_dse's summary, the trainer's state in checkpoint folders).
+RUN_RECORD_FILES = frozenset(
+    {"dse.json", "trainer_state.json", "training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt"}
+)
+# Keys of configuration files that record the library versions of the save, not settings of the model.
+VERSION_KEYS = ("__version__", "transformers_version")
+DSE_SUMMARY_FILE = "dse.json"
+# The organisation of results published under a local folder's name (no Hub page, no reference).
+LOCAL_ORGANISATION = "local"
 
-    Covers every file's relative path and bytes except the model card (README.md) and hidden files, so the revision
-    changes exactly when weights, tokenizer or configuration change.
+# MTEB datasets (mteb's names) that share data with each st_dse task's training split; mteb adds their variants.
+DSE_TASK_MTEB_DATASETS: dict[str, frozenset[str]] = {
+    "stsb": frozenset({"STSBenchmark"}),  # STS-B train is part of the STS Benchmark release MTEB tests on
+    "sick-r": frozenset({"SICK-R"}),  # MTEB's SICK-R test split holds every SICK pair, the training pairs included
+    "sick-e": frozenset({"SICK-R"}),
+    "qqp": frozenset({"QuoraRetrieval", "NanoQuoraRetrieval"}),  # Quora question pairs, as mteb annotates them
+    "qqp-subset": frozenset({"QuoraRetrieval", "NanoQuoraRetrieval"}),
+    "rte": frozenset({"RTE3"}),  # GLUE RTE is built from RTE1-3 and RTE5
+    "mrpc": frozenset(),
+    "mnli": frozenset(),
+    "qnli": frozenset(),
+}
+
+
+def _is_model_file(relative: Path) -> bool:
+    return (
+        relative.suffix in MODEL_FILE_SUFFIXES
+        and relative.name not in RUN_RECORD_FILES
+        and not relative.name.startswith("rng_state")
+        and not any(part.startswith(".") for part in relative.parts)
+    )
+
+
+def weights_revision(folder: str | os.PathLike[str]) -> str:
+    """A 40-hex-digit hash of what a model folder computes with, to stand in for a Hub commit id.
+
+    Covers each weight file (``.safetensors``, ``.bin``, ``.pt``) and each configuration or tokenizer file
+    (``.json``, ``.txt``, ``.model``: ``modules.json``, module configs, ``pair_head/``), by relative path and contents.
+    The library versions written into config files are left out, and so are the model card, ``dse.json`` and
+    anything else that describes a run: the same weights give the same revision whatever their README.md or
+    dse.json says or which library versions saved them, and any changed weight, setting or vocabulary changes it.
     """
     import hashlib
 
@@ -454,14 +552,99 @@ def folder_revision(folder: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
-        if not path.is_file() or relative.name == "README.md" or any(p.startswith(".") for p in relative.parts):
+        if not path.is_file() or not _is_model_file(relative):
             continue
         digest.update(relative.as_posix().encode() + b"\0")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        if path.suffix == ".json":
+            digest.update(_canonical_json(path))
+        else:
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
         digest.update(b"\0")
     return digest.hexdigest()[:40]
+
+
+def _canonical_json(path: Path) -> bytes:
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return raw
+    if isinstance(data, dict):
+        data = {key: value for key, value in data.items() if key not in VERSION_KEYS}
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def read_dse_summary(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A DSE student's run summary (``dse.json``: task, teacher, settings, metrics), or None for other models."""
+    path = Path(folder) / DSE_SUMMARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        logger.warning("Ignoring %s: it is not valid JSON (%s).", path, error)
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def dse_training_datasets(summary: Mapping[str, Any]) -> set[str] | None:
+    """The MTEB datasets a DSE student's training data overlaps, from its ``dse.json``; None when unknown.
+
+    A student of a registered st_dse task trained on that task's train split (:data:`DSE_TASK_MTEB_DATASETS`; an
+    empty set: no MTEB dataset shares its data). A student of your own pairs (``settings.train_file`` or
+    ``settings.dataset``) gives None: what it overlaps is unknown here, so pass ``training_datasets`` yourself.
+    """
+    settings = summary.get("settings") or {}
+    if settings.get("train_file") or settings.get("dataset"):
+        return None
+    datasets = DSE_TASK_MTEB_DATASETS.get(summary.get("task"))
+    return set(datasets) if datasets is not None else None
+
+
+def read_card_metadata(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The YAML metadata block of a model folder's README.md (license, base_model, ...); empty when there is none."""
+    from huggingface_hub import metadata_load
+
+    readme = Path(folder) / "README.md"
+    if not readme.is_file():
+        return {}
+    try:
+        return metadata_load(readme) or {}
+    except Exception as error:  # a hand-edited card with broken YAML must not stop an evaluation
+        logger.warning("Ignoring the metadata of %s: %s", readme, error)
+        return {}
+
+
+def _base_model(card: Mapping[str, Any], summary: Mapping[str, Any] | None) -> str | None:
+    base = card.get("base_model")
+    if isinstance(base, list):
+        base = base[0] if base else None
+    if isinstance(base, str) and base:
+        return base
+    if summary and summary.get("student_base"):
+        from st_dse.training.model_card import hub_model_id
+
+        return hub_model_id(summary["student_base"])
+    return None
+
+
+def sentence_transformers_loader_kwargs(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """mteb ``loader_kwargs`` with which sentence-transformers loads this folder.
+
+    None for a plain sentence-transformers folder (a DSE student's encoder is one: its head lies beside the
+    modules). ``trust_remote_code=True`` only when ``modules.json`` names a module class from outside
+    sentence-transformers (e.g. st_dse's TopLayersConcat, which then loads from the installed st_dse).
+    """
+    path = Path(folder) / "modules.json"
+    if not path.is_file():
+        return {}
+    modules = json.loads(path.read_text(encoding="utf-8"))
+    foreign = [
+        module.get("type", "") for module in modules if not module.get("type", "").startswith("sentence_transformers.")
+    ]
+    return {"trust_remote_code": True} if foreign else {}
 
 
 def folder_release_date(folder: str | os.PathLike[str]) -> str:
@@ -519,13 +702,24 @@ def build_model_meta(
 
     A model mteb knows by name (e.g. ``sentence-transformers/all-MiniLM-L6-v2``) keeps mteb's curated metadata; only
     arguments given explicitly override it. Any other model (a DSE student folder) gets metadata filled from the
-    model itself: parameter count (without the DSE pair head), embedding size, maximum tokens, similarity function,
-    and, for a local folder, a content-hash revision and the date of its newest file as release date.
+    model itself: parameter count (without the DSE pair head), embedding size, maximum tokens, similarity function.
+    From a local folder also come:
+
+    - ``revision``: :func:`weights_revision`, a hash of the weight and configuration files (not of README.md or
+      dse.json), and ``release_date``: the date of the folder's newest file;
+    - ``license`` and ``adapted_from`` (the base model): the model card's metadata, else for a DSE student the
+      encoder it was built from (``student_base`` in dse.json, by its public id);
+    - ``training_datasets``: for a DSE student, the MTEB datasets its training data overlaps
+      (:func:`dse_training_datasets`); mteb adds the base model's own through ``adapted_from``;
+    - ``loader`` and ``loader_kwargs``: mteb's SentenceTransformer wrapper and what it needs to load the folder
+      (:func:`sentence_transformers_loader_kwargs`: nothing for a plain sentence-transformers folder).
+
+    ``reference`` is the model's Hub page, unless it is published as ``local/<folder name>``.
 
     Args:
         model: The loaded ``SentenceTransformer``.
         model_name: Name to publish under, ``"organisation/model"`` as on the Hub.
-        model_folder: The folder the model was loaded from, for the revision and release date.
+        model_folder: The folder the model was loaded from.
         revision, release_date, languages, license, open_weights, training_datasets, adapted_from, reference,
             public_training_code: mteb ``ModelMeta`` fields; None keeps what is known or derived.
 
@@ -557,10 +751,13 @@ def build_model_meta(
     # fill_missing=None: the default (False) triggers a deprecation warning in mteb 2.26 for no reason.
     meta = ModelMeta.from_sentence_transformer_model(model, fill_missing=None, fetch_from_hf=False)
     similarity = getattr(model, "similarity_fn_name", None) or "cosine"
+    folder = Path(model_folder) if model_folder is not None else None
+    card = read_card_metadata(folder) if folder is not None else {}
+    summary = read_dse_summary(folder) if folder is not None else None
     derived: dict[str, Any] = {
         "name": model_name,
-        "revision": folder_revision(model_folder) if model_folder is not None else None,
-        "release_date": folder_release_date(model_folder) if model_folder is not None else None,
+        "revision": weights_revision(folder) if folder is not None else None,
+        "release_date": folder_release_date(folder) if folder is not None else None,
         "languages": list(languages) if languages is not None else None,
         "n_parameters": embedding_parameters,
         "memory_usage_mb": round(embedding_parameters * 4 / 2**20, 2),
@@ -571,7 +768,13 @@ def build_model_meta(
         "use_instructions": False,
         "modalities": ["text"],
         "loader": SentenceTransformerEncoderWrapper,
-        "adapted_from": meta.adapted_from,
+        "loader_kwargs": sentence_transformers_loader_kwargs(folder) if folder is not None else {},
+        "license": card.get("license") if isinstance(card.get("license"), str) else None,
+        "adapted_from": _base_model(card, summary) or meta.adapted_from,
+        "training_datasets": dse_training_datasets(summary) if summary is not None else None,
+        "reference": None
+        if model_name.startswith(f"{LOCAL_ORGANISATION}/")
+        else f"https://huggingface.co/{model_name}",
     }
     derived = {key: value for key, value in derived.items() if value is not None}
     return meta.model_copy(update={**derived, **explicit}, deep=True)

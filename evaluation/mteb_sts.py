@@ -6,8 +6,34 @@ mteb would download each task's data from the Hugging Face Hub; here every task 
 
     <output-dir>/results/<org>__<model>/<revision>/<Task>.json   (+ model_meta.json, run_settings.jsonl)
 
-which is the layout of the embeddings-benchmark/results repository, ready for a leaderboard submission, plus
-``<output-dir>/st_dse_mteb_summary.json`` with the main scores, the data checks, versions and timing.
+plus ``<output-dir>/st_dse_mteb_summary.json`` with the main scores, how each local copy's text compares with MTEB's
+(STS12-STS16: SentEval's lowercased, tokenised copy, whose statistics all match MTEB's; STSBenchmark: exact; SICK-R:
+the same pairs with 0.12% more characters), which evaluated tasks overlap the model's training data, versions and
+timing. For a local folder the revision is a hash of its weight and configuration files, so the same weights give
+the same revision whatever their README.md or dse.json says.
+
+These numbers are for local comparison (a student against its base model or teacher on the same pairs). A
+leaderboard run is made online by mteb itself, on the model pushed to the Hub:
+
+1. Push the saved student folder as it is (README.md, dse.json and pair_head/ included), e.g.::
+
+       from huggingface_hub import HfApi
+
+       api = HfApi()
+       api.create_repo("my-org/dse-minilm-stsb", exist_ok=True)
+       api.upload_folder(repo_id="my-org/dse-minilm-stsb", folder_path="runs/stsb")
+
+2. On a machine with Hub access, let mteb load the model and the official task data::
+
+       import mteb
+
+       model = mteb.get_model("my-org/dse-minilm-stsb")
+       tasks = mteb.get_tasks(tasks=["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICK-R"])
+       results = mteb.evaluate(model, tasks=tasks)
+
+   (A student saved with ``--pooling-layers`` lists st_dse's TopLayersConcat among its modules: install st_dse
+   there and pass ``trust_remote_code=True`` to ``mteb.get_model``.)
+3. Submit the result files as the embeddings-benchmark/results repository describes.
 
 Examples::
 
@@ -30,6 +56,7 @@ import time
 import warnings
 from pathlib import Path
 
+from evaluation.mteb_data import LOCAL_ORGANISATION
 from st_dse.data import resolve_data_dir
 from st_dse.hub import DEFAULT_MODEL, DEFAULT_MODEL_ALIASES, resolve_model_name
 
@@ -63,16 +90,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="Torch device (default: sentence-transformers' choice).")
     parser.add_argument("--overwrite", action="store_true", help="Re-run tasks whose results already exist.")
     meta = parser.add_argument_group("model metadata (mteb ModelMeta; defaults are derived from the model)")
-    meta.add_argument("--revision", default=None, help="Model revision (default: content hash of the folder).")
+    meta.add_argument("--revision", default=None, help="Model revision (default: hash of the weight files).")
     meta.add_argument("--release-date", default=None, help="YYYY-MM-DD (default: date of the newest model file).")
-    meta.add_argument("--license", default=None, help="Model licence, e.g. apache-2.0.")
+    meta.add_argument("--license", default=None, help="Model licence (default: the model card's).")
     meta.add_argument(
         "--open-weights", action=argparse.BooleanOptionalAction, default=None, help="Whether weights are public."
     )
     meta.add_argument(
-        "--training-datasets", nargs="*", default=None, help="MTEB names of datasets the model was trained on."
+        "--training-datasets", nargs="*", default=None, help="MTEB datasets trained on (default: from dse.json)."
     )
-    meta.add_argument("--adapted-from", default=None, help="Base model, e.g. sentence-transformers/all-MiniLM-L6-v2.")
+    meta.add_argument("--adapted-from", default=None, help="Base model (default: the model card's base_model).")
     meta.add_argument("--reference", default=None, help="URL of the model's page.")
     meta.add_argument("--public-training-code", default=None, help="URL of the training code.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
@@ -115,10 +142,8 @@ def publish_name(canonical: str, load_from: str, explicit: str | None) -> str:
             return DEFAULT_MODEL
     except ImportError:
         pass
-    name = f"local/{Path(load_from).resolve().name}"
-    logger.warning(
-        "Publishing results as %r; pass --model-name organisation/model for a leaderboard submission.", name
-    )
+    name = f"{LOCAL_ORGANISATION}/{Path(load_from).resolve().name}"
+    logger.warning("Saving results as %r; pass --model-name organisation/model to name them as on the Hub.", name)
     return name
 
 
@@ -146,14 +171,29 @@ def pair_head_scores(model, tasks) -> dict[str, float]:
     return scores
 
 
+def training_overlap(meta, tasks) -> dict[str, object]:
+    """Which evaluated tasks share data with what the model was trained on (mteb's ``training_datasets``).
+
+    ``training_datasets`` are the model's own (None: not known); ``overlapping_tasks`` also counts its base model's
+    (through ``adapted_from``) and mteb's variants of each dataset; None when the training data is not known.
+    """
+    known = meta.get_training_datasets()
+    names = [task.metadata.name for task in tasks]
+    return {
+        "training_datasets": sorted(meta.training_datasets) if meta.training_datasets is not None else None,
+        "overlapping_tasks": sorted(set(names) & known) if known is not None else None,
+    }
+
+
 def print_table(rows: list[dict[str, object]]) -> None:
     header = f"{'Task':<14} {'Type':<19} {'Main score':<16} {'Score':>7} {'Pairs':>7}  Data check"
     print(header)
     print("-" * len(header))
     for row in rows:
+        same = row["local_data"]["matches_mteb_statistics"]
         print(
             f"{row['task']:<14} {row['type']:<19} {row['main_metric']:<16} {100 * row['main_score']:>7.2f} "
-            f"{row['pairs']:>7}  {'differs: see notes' if row['data_notes'] else 'matches MTEB stats'}"
+            f"{row['pairs']:>7}  {'matches MTEB stats' if same else 'differs: see notes'}"
         )
     if rows:
         average = sum(row["main_score"] for row in rows) / len(rows)
@@ -175,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         UNAVAILABLE_TASKS,
         LocalDataMismatchError,
         build_model_meta,
+        describe_local_data,
         load_local_tasks,
         wrap_for_mteb,
     )
@@ -245,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 "main_metric": task.metadata.main_score,
                 "main_score": task_result.get_score(),
                 "pairs": sum(len(split) for split in task.dataset.values()),
-                "data_notes": data_notes.get(task_result.task_name, []),
+                "local_data": describe_local_data(task_result.task_name, data_notes.get(task_result.task_name, [])),
                 **(
                     {"pair_head_spearman": head_scores[task_result.task_name]}
                     if task_result.task_name in head_scores
@@ -256,8 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     wall_seconds = time.monotonic() - start
     print_table(rows)
     for row in rows:
-        for note in row["data_notes"]:
+        if not row["local_data"]["matches_mteb_statistics"]:
+            print(f"note: {row['task']}: {row['local_data']['text']}")
+        for note in row["local_data"]["statistics_differences"]:
             print(f"note: {note}")
+    overlap = training_overlap(meta, tasks)
+    if overlap["overlapping_tasks"]:
+        print(f"note: the model's training data overlaps {', '.join(overlap['overlapping_tasks'])}")
     if head_scores:
         print("\nDistilled PairHead on the same pairs (Spearman x 100 of the head's logit against the gold score):")
         for name, value in head_scores.items():
@@ -273,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         "loaded_from": load_from,
         "model_name": meta.name,
         "revision": meta.revision,
+        "note": (
+            "Scores on local copies of MTEB's data, for local comparison; leaderboard results come from mteb run "
+            "online on the model pushed to the Hub (see evaluation/mteb_sts.py)."
+        ),
+        "local_text": {row["task"]: row["local_data"]["text"] for row in rows},
+        "text_differs_from_mteb": [row["task"] for row in rows if not row["local_data"]["matches_mteb_statistics"]],
+        "training_overlap": overlap,
         "data_dir": str(args.data_dir),
         "batch_size": args.batch_size,
         "wall_seconds": round(wall_seconds, 1),

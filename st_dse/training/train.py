@@ -25,6 +25,7 @@ from st_dse.losses import DSELoss, pack_dse_labels
 from st_dse.student import build_student, head_learning_rate_mapping
 from st_dse.training.config import DistillConfig, TeacherConfig
 from st_dse.training.evaluator import PairTaskEvaluator, evaluate_cross_encoder
+from st_dse.training.model_card import describe_training
 from st_dse.training.outputs import sibling_dir
 
 logger = logging.getLogger(__name__)
@@ -160,6 +161,9 @@ def distill_student(
         label_names=list(task.label_names) if task.problem_type != "regression" and task.label_names else None,
     )
     student.max_seq_length = config.max_seq_length
+    # Before the trainer exists: its card callback extends what is set here (the base model's public id even when
+    # a packaged copy was loaded, the training data's name) with the data's size, columns and statistics.
+    describe_training(student, task, base_model=config.student)
     if config.distillation_weight > 0:
         train = pack_dse_labels(train_dataset, gold_column="label" if "label" in train_dataset.column_names else None)
     else:

@@ -1,4 +1,4 @@
-"""Offline MTEB feeding (st_dse/mteb_local.py) and the evaluation/mteb.py script.
+"""Offline MTEB feeding (evaluation/mteb_data.py), model metadata, and the evaluation/mteb_sts.py script.
 
 The scores must come from mteb's own evaluators on exactly the pairs we feed, so the central test runs a tiny STS task
 through ``mteb.evaluate`` and compares its main score with scipy's Spearman correlation of cosine similarities
@@ -28,9 +28,12 @@ from evaluation.mteb_data import (  # noqa: E402
     attach_local_data,
     build_model_meta,
     check_split,
+    describe_local_data,
     load_local_task,
     load_local_tasks,
+    sentence_transformers_loader_kwargs,
     split_statistics,
+    weights_revision,
     wrap_for_mteb,
 )
 from tests.conftest import REPO_ROOT  # noqa: E402
@@ -311,3 +314,145 @@ def test_pair_head_scores_are_the_heads_spearman_on_the_tasks_pairs():
     columns = tiny_columns()
     logits = score_pairs(model, columns["sentence1"], columns["sentence2"])
     assert scores == {task.metadata.name: pytest.approx(100 * spearmanr(logits, columns["score"]).statistic)}
+
+
+# ---------------------------------------------------------------- a saved DSE student: revision and metadata
+
+
+@pytest.fixture(scope="module")
+def saved_student(tmp_path_factory, minilm_path):
+    """An (untrained) STS-B student saved as recipes/distill.py saves one: card, dse.json, pair_head/."""
+    import st_dse
+    from st_dse.data import get_task
+    from st_dse.training import save_student
+
+    work = tmp_path_factory.mktemp("mteb-student")
+    student = st_dse.build_student(minilm_path, problem_type="regression")
+    results = {"student_base": minilm_path, "settings": {"task": "stsb"}, "metrics": {}}
+    save_student(student, work / "student", get_task("stsb"), str(work / "stsb-teacher"), results)
+    return work / "student"
+
+
+def test_revision_follows_the_weights_not_the_card_or_the_run_summary(saved_student, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "copy"
+    shutil.copytree(saved_student, folder)
+    revision = weights_revision(folder)
+    assert revision == weights_revision(saved_student) and len(revision) == 40
+
+    (folder / "README.md").write_text("# Another card\n", encoding="utf-8")
+    (folder / "dse.json").write_text(json.dumps({"task": "stsb", "note": "rewritten"}), encoding="utf-8")
+    config = json.loads((folder / "config_sentence_transformers.json").read_text())
+    config["__version__"] = {"sentence_transformers": "0.0.1"}  # another library version saved the same weights
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(config, indent=4))
+    assert weights_revision(folder) == revision
+
+    head_weights = folder / "pair_head" / "model.safetensors"
+    tensors = load_file(head_weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] += 1.0
+    save_file(tensors, head_weights, metadata={"format": "pt"})
+    assert weights_revision(folder) != revision
+
+    shutil.copy(saved_student / "pair_head" / "model.safetensors", head_weights)
+    assert weights_revision(folder) == revision
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    assert weights_revision(folder) != revision  # a module's settings are part of what is evaluated
+
+
+def test_student_metadata_names_base_model_training_data_license_and_loader(saved_student):
+    from mteb.models import SentenceTransformerEncoderWrapper
+
+    from st_dse.hub import DEFAULT_MODEL
+    from st_dse.student import load_student
+
+    model = load_student(str(saved_student), device="cpu")
+    meta = build_model_meta(model, "my-org/dse-student", model_folder=saved_student)
+    assert meta.revision == weights_revision(saved_student)
+    assert meta.adapted_from == DEFAULT_MODEL  # from the card, though the student was built from a packaged copy
+    assert meta.training_datasets == {"STSBenchmark"}  # trained on STS-B train
+    assert meta.license == "apache-2.0" and meta.reference == "https://huggingface.co/my-org/dse-student"
+    assert meta.loader is SentenceTransformerEncoderWrapper and meta.loader_kwargs == {}  # no trust_remote_code
+    assert not meta.is_zero_shot_on(["STSBenchmark"]) and meta.is_zero_shot_on(["STS12", "SICK-R"])
+    assert "MSMARCO" in meta.get_training_datasets()  # the base model's own, through adapted_from
+    written = json.loads(json.dumps(meta.to_dict(), default=str))
+    assert written["loader"] == "SentenceTransformerEncoderWrapper" and written["training_datasets"] == [
+        "STSBenchmark"
+    ]
+
+    # The loader configuration loads the folder the way mteb.get_model loads a Hub id: loader(name, revision, ...).
+    loaded = meta.model_copy(update={"name": str(saved_student), "revision": None}).load_model(device="cpu")
+    columns = tiny_columns()
+    np.testing.assert_allclose(
+        loaded.model.encode(columns["sentence1"][:3]), model.encode(columns["sentence1"][:3]), atol=1e-5
+    )
+
+    local = build_model_meta(model, "local/student", model_folder=saved_student, license="mit")
+    assert local.reference is None and local.license == "mit"
+
+
+def test_training_datasets_of_own_pairs_are_unknown_and_foreign_modules_need_trust(tmp_path):
+    assert mteb_local.dse_training_datasets({"task": "custom", "settings": {"train_file": "my.csv"}}) is None
+    assert mteb_local.dse_training_datasets({"task": "stsb", "settings": {"dataset": "org/pairs"}}) is None
+    assert mteb_local.dse_training_datasets({"task": "mrpc", "settings": {}}) == set()  # no MTEB dataset shares it
+    assert mteb_local.dse_training_datasets({"task": "sick-e"}) == {"SICK-R"}  # MTEB's SICK-R holds SICK train
+
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"}
+    ]
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    assert sentence_transformers_loader_kwargs(tmp_path) == {}
+    modules.append({"idx": 1, "name": "1", "path": "1_X", "type": "st_dse.modules.top_layers.TopLayersConcat"})
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    assert sentence_transformers_loader_kwargs(tmp_path) == {"trust_remote_code": True}
+
+
+def test_local_data_description_says_how_the_text_compares_with_mtebs():
+    sts12 = describe_local_data("STS12")
+    assert sts12["matches_mteb_statistics"] and "lowercased" in sts12["text"] and "tokenised" in sts12["text"]
+    assert describe_local_data("STSBenchmark")["matches_mteb_statistics"]
+    assert "exactly" in describe_local_data("STSBenchmark")["text"]
+    sick = describe_local_data("SICK-R")
+    assert not sick["matches_mteb_statistics"] and "0.12%" in sick["text"]
+    assert describe_local_data("STS13", ["STS13 (test): number_of_characters: local 1 vs MTEB 2"]) == {
+        "source": mteb_local.LOCAL_SOURCES["STS13"].description,
+        "matches_mteb_statistics": False,
+        "text": mteb_local.LOCAL_SOURCES["STS13"].text_note,
+        "statistics_differences": ["STS13 (test): number_of_characters: local 1 vs MTEB 2"],
+    }
+
+
+@needs_real_data
+@pytest.mark.slow
+def test_script_summary_records_local_text_revision_and_training_overlap(saved_student, tmp_path, one_torch_thread):
+    script = load_script()
+    argv = [
+        "--model", str(saved_student), "--model-name", "my-org/dse-student", "--tasks", "STSBenchmark",
+        "--data-dir", str(REAL_DATA_DIR), "--output-dir", str(tmp_path), "--batch-size", "128", "--quiet",
+    ]  # fmt: skip
+    assert script.main(argv) == 0
+    summary = json.loads((tmp_path / script.SUMMARY_FILE).read_text())
+    assert summary["revision"] == weights_revision(saved_student)
+    assert summary["training_overlap"] == {
+        "training_datasets": ["STSBenchmark"],
+        "overlapping_tasks": ["STSBenchmark"],
+    }
+    assert summary["text_differs_from_mteb"] == [] and "exactly" in summary["local_text"]["STSBenchmark"]
+    assert summary["tasks"][0]["local_data"]["matches_mteb_statistics"]
+    assert "local comparison" in summary["note"]
+    meta = json.loads(
+        (tmp_path / "results" / "my-org__dse-student" / summary["revision"] / "model_meta.json").read_text()
+    )
+    assert meta["adapted_from"] == "sentence-transformers/all-MiniLM-L6-v2" and meta["loader_kwargs"] == {}
+
+
+@needs_real_data
+def test_summary_of_the_real_copies_records_which_texts_differ():
+    _, notes = load_local_tasks(["STS12", "STSBenchmark", "SICK-R"], REAL_DATA_DIR)
+    described = {name: describe_local_data(name, task_notes) for name, task_notes in notes.items()}
+    assert [name for name, data in described.items() if not data["matches_mteb_statistics"]] == ["SICK-R"]
+    assert described["SICK-R"]["statistics_differences"]  # the longer text shows in this run's statistics too
