@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
     }
     save_student(student, run.output_dir, task, teacher_name, results)
     if run.push_to_hub:
-        student.push_to_hub(run.push_to_hub)
+        # The saved folder as it is (card, head, dse.json); nothing from beside it (teacher, checkpoints).
+        student.push_to_hub(run.push_to_hub, local_model_path=run.output_dir, exist_ok=True)
     print(json.dumps({"task": task.name, "metrics": metrics, "timings_s": timings}, indent=2))
     print(f"Saved the student to {Path(run.output_dir)} (checkpoints in {checkpoints}).")
     return results
