@@ -16,7 +16,7 @@ from torch import nn
 
 from st_dse.hub import DEFAULT_MODEL, hub_kwargs, resolve_model_name
 from st_dse.integrity import atomic_save_dir, recover_interrupted_save
-from st_dse.modules.pair_head import HeadType, PairHead, ProblemType
+from st_dse.modules.pair_head import HeadType, PairHead, ProblemType, check_head_arguments
 from st_dse.modules.top_layers import TopLayersConcat
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,11 @@ def build_student(
         device: Where to load the model; sentence-transformers picks one when None.
         **head_kwargs: More :class:`PairHead` arguments (``rank``, ``dropout``, ``label_names``).
     """
+    # Refuse impossible head settings before the encoder is loaded.
+    head_settings = {key: head_kwargs[key] for key in ("rank", "dropout") if key in head_kwargs}
+    check_head_arguments(
+        head_kwargs.get("in_features"), num_labels, head_type, hidden_dim, problem_type, **head_settings
+    )
     model = DSEStudent(resolve_model_name(model_name_or_path), device=device)
     if not keep_normalize:
         from sentence_transformers.base.modules.normalize import Normalize
