@@ -33,7 +33,7 @@ from sentence_transformers import CrossEncoder
 from sklearn.linear_model import LogisticRegression
 
 import st_dse
-from st_dse.data import TaskSpec, compute_metrics, get_task, load_task
+from st_dse.data import TASKS, TaskSpec, compute_metrics, get_task, load_task
 from st_dse.hub import DEFAULT_MODEL
 from st_dse.training import evaluate_cross_encoder, evaluate_student, relative_degradation
 
@@ -173,17 +173,45 @@ def summary_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+def int_at_least(low: int):
+    """An argparse ``type``: an integer >= ``low``; argparse names the option in the one-line refusal."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def task_name(text: str) -> str:
+    """An argparse ``type``: a task st_dse knows (its registry resolves aliases)."""
+    try:
+        get_task(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unknown task {text!r}; known tasks: {', '.join(TASKS)}") from None
+    return text
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", required=True)
+    parser.add_argument("--tasks", nargs="+", type=task_name, required=True)
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--data-dir")
     parser.add_argument("--base-model", default=DEFAULT_MODEL)
     parser.add_argument("--train-missing", action="store_true", help="run the recipes for missing students first")
     parser.add_argument("--output", help="JSON path (default RUNS/glue_results.json)")
-    parser.add_argument("--max-samples", type=int, help="first N pairs of each split (quick checks only)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--max-samples", type=int_at_least(1), help="first N pairs of each split (quick checks only)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = parse_args(argv)
     runs_dir = Path(args.runs_dir)
     results = []
     for name in args.tasks:

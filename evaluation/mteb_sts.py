@@ -54,6 +54,7 @@ import platform
 import sys
 import time
 import warnings
+from datetime import date
 from pathlib import Path
 
 from evaluation.mteb_data import LOCAL_ORGANISATION
@@ -63,6 +64,32 @@ from st_dse.hub import DEFAULT_MODEL, DEFAULT_MODEL_ALIASES, resolve_model_name
 SUMMARY_FILE = "st_dse_mteb_summary.json"
 
 logger = logging.getLogger("evaluation.mteb_sts")
+
+
+def int_at_least(low: int):
+    """An argparse ``type``: an integer >= ``low``; argparse names the option in the one-line refusal."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def iso_date(text: str) -> str:
+    """An argparse ``type``: a date written YYYY-MM-DD."""
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date written YYYY-MM-DD, got {text!r}") from None
+    if len(text) != 10:
+        raise argparse.ArgumentTypeError(f"expected a date written YYYY-MM-DD, got {text!r}")
+    return text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,12 +113,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Benchmark data root holding senteval/, stsbenchmark/, sts_raw/ (default: $ST_DSE_DATA_DIR).",
     )
     parser.add_argument("--output-dir", type=Path, default=Path("runs/mteb"), help="Where MTEB results are written.")
-    parser.add_argument("--batch-size", type=int, default=64, help="Encoding batch size.")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="Encoding batch size.")
     parser.add_argument("--device", default=None, help="Torch device (default: sentence-transformers' choice).")
     parser.add_argument("--overwrite", action="store_true", help="Re-run tasks whose results already exist.")
     meta = parser.add_argument_group("model metadata (mteb ModelMeta; defaults are derived from the model)")
     meta.add_argument("--revision", default=None, help="Model revision (default: hash of the weight files).")
-    meta.add_argument("--release-date", default=None, help="YYYY-MM-DD (default: date of the newest model file).")
+    meta.add_argument(
+        "--release-date", type=iso_date, default=None, help="YYYY-MM-DD (default: date of the newest model file)."
+    )
     meta.add_argument("--license", default=None, help="Model licence (default: the model card's).")
     meta.add_argument(
         "--open-weights", action=argparse.BooleanOptionalAction, default=None, help="Whether weights are public."
@@ -103,10 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     meta.add_argument("--reference", default=None, help="URL of the model's page.")
     meta.add_argument("--public-training-code", default=None, help="URL of the training code.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1.")
-    return args
+    return parser.parse_args(argv)
 
 
 def resolve_model(name_or_path: str) -> tuple[str, str]:
@@ -117,17 +143,10 @@ def resolve_model(name_or_path: str) -> tuple[str, str]:
 
 
 def load_model(load_from: str, device: str | None):
-    """A SentenceTransformer; DSE student folders (with st_dse's PairHead module) load through st_dse."""
-    from sentence_transformers import SentenceTransformer
+    """A sentence encoder: a plain sentence-transformers model, or a DSE student with its PairHead."""
+    from st_dse.student import load_model as load_any_model
 
-    try:
-        from st_dse.student import load_student
-    except ImportError:
-        return SentenceTransformer(load_from, device=device)
-    try:
-        return load_student(load_from, device=device)
-    except FileNotFoundError:  # no modules.json: a plain transformers model, let sentence-transformers wrap it
-        return SentenceTransformer(load_from, device=device)
+    return load_any_model(load_from, device=device)
 
 
 def publish_name(canonical: str, load_from: str, explicit: str | None) -> str:

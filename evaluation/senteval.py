@@ -35,23 +35,60 @@ def default_data_dir() -> str | None:
     return None if root is None else str(root / "senteval" / "data")
 
 
-def main() -> None:
+def int_at_least(low: int):
+    """An argparse ``type``: an integer >= ``low``; argparse names the option in the one-line refusal."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def int_in_range(low: int, high: int):
+    """An argparse ``type``: an integer in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        value = int_at_least(low)(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {value}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="SentenceTransformer name or local folder")
     parser.add_argument("--data-dir", default=default_data_dir(), help="SentEval's data folder (holds downstream/)")
     parser.add_argument("--tasks", nargs="+", default=list(ALL_TASKS), help=f"default: all ({' '.join(ALL_TASKS)})")
     parser.add_argument("--output-dir", default=None, help="where to write senteval_results.{json,md}")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--kfold", type=int, default=DEFAULT_KFOLD)
-    parser.add_argument("--max-samples", type=int, default=None, help="first N examples per file (quick checks)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=128)
+    # numpy and scikit-learn take seeds in [0, 2**32 - 1].
+    parser.add_argument("--seed", type=int_in_range(0, 2**32 - 1), default=DEFAULT_SEED)
+    parser.add_argument("--kfold", type=int_at_least(2), default=DEFAULT_KFOLD, help="cross-validation folds (>= 2)")
+    parser.add_argument(
+        "--max-samples", type=int_at_least(1), default=None, help="first N examples per file (quick checks)"
+    )
     parser.add_argument(
         "--relatedness-regressor",
         action="store_true",
         help="also run SentEval's supervised STSBenchmark/SICK-R regressor (the default reports cosine on test)",
     )
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.data_dir is None:
+        parser.error("argument --data-dir: required when $ST_DSE_DATA_DIR is not set (SentEval's data folder).")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     # 1. Load the model (the default name maps to the packaged offline copy when the Hub is unreachable).

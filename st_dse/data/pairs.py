@@ -2,21 +2,104 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import datasets
+
+# Half of a UTF-16 surrogate pair on its own: not a character, and not encodable as UTF-8 (tokenizers and the teacher
+# cache both need UTF-8). Such text comes from bytes decoded with errors="surrogateescape" or a broken JSON "\ud83d".
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# Characters that show nothing: controls (NUL, ...) and format characters (zero-width space and joiners, BOM, ...).
+_INVISIBLE_CATEGORIES = ("Cc", "Cf")
 
 
-def check_pairs(sentences1: Sequence, sentences2: Sequence, what: str = "sentence") -> None:
-    """Raise a ValueError naming the first row whose sentence is None, not a string, or empty."""
+def check_pairs(sentences1: Sequence, sentences2: Sequence, what: str = "sentence", first_row: int = 0) -> None:
+    """Raise a ValueError naming the first row whose sentence is None, not a string, empty, or not valid Unicode.
+
+    A sentence counts as empty when it holds nothing visible: only whitespace, control characters (NUL, ...) or
+    zero-width and other format characters. ``first_row`` is the row number of the first pair, for checks made
+    batch by batch.
+    """
     if len(sentences1) != len(sentences2):
         raise ValueError(
             f"The two {what} lists must have the same length, got {len(sentences1)} and {len(sentences2)}."
         )
     for side, sentences in (("first", sentences1), ("second", sentences2)):
-        for row, sentence in enumerate(sentences):
+        for offset, sentence in enumerate(sentences):
+            row = first_row + offset
             if not isinstance(sentence, str):
                 raise ValueError(
                     f"Row {row}: the {side} {what} is {type(sentence).__name__} ({sentence!r}), expected a string. "
                     "Drop or fill missing text before scoring."
                 )
-            if not sentence.strip():
-                raise ValueError(f"Row {row}: the {side} {what} is empty. Drop or fill empty text before scoring.")
+            if not _has_visible_character(sentence):
+                shown = (
+                    f" (it holds only whitespace, control or zero-width characters: {sentence!r})" if sentence else ""
+                )
+                raise ValueError(
+                    f"Row {row}: the {side} {what} is empty{shown}. Drop or fill empty text before scoring."
+                )
+            surrogate = _LONE_SURROGATE.search(sentence)
+            if surrogate is not None:
+                raise ValueError(
+                    f"Row {row}: the {side} {what} holds a lone surrogate {surrogate.group()!r} at character "
+                    f"{surrogate.start()} ({sentence[max(0, surrogate.start() - 20) : surrogate.start() + 20]!r}), "
+                    "which is not valid Unicode text and cannot be encoded as UTF-8. It usually comes from bytes "
+                    "decoded with errors='surrogateescape' or a broken '\\ud8..' escape; fix the text (e.g. "
+                    "text.encode('utf-8', 'replace').decode('utf-8')) or drop the row."
+                )
+
+
+def _has_visible_character(sentence: str) -> bool:
+    # Stops at the first visible character: one step for almost every real sentence.
+    return any(not char.isspace() and unicodedata.category(char) not in _INVISIBLE_CATEGORIES for char in sentence)
+
+
+def as_dataset(data: Any, function: str) -> datasets.Dataset:
+    """``data`` as a :class:`datasets.Dataset`: a Dataset as is, a dict of columns or a pandas DataFrame converted.
+
+    Raises a ValueError saying what to pass for anything else (a DatasetDict, a list of pairs, ...).
+    """
+    if isinstance(data, datasets.Dataset):
+        return data
+    expected = (
+        f"{function} takes a datasets.Dataset (or a dict of columns, or a pandas DataFrame) with one row per pair"
+    )
+    if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        raise ValueError(
+            f"{expected}, got a {type(data).__name__} of splits {list(data)}: pass one split, e.g. "
+            f"dataset[{next(iter(data), 'train')!r}]."
+        )
+    import pandas  # a dependency of datasets
+
+    if isinstance(data, pandas.DataFrame):
+        try:
+            return datasets.Dataset.from_pandas(data, preserve_index=False)
+        except Exception as error:  # noqa: BLE001 - pyarrow's errors on mixed-type columns have many types
+            columns = {name: data[name].tolist() for name in data.columns}
+            raise ValueError(
+                f"{expected}; this DataFrame could not be converted: {_explain(error, columns)}"
+            ) from None
+    if isinstance(data, Mapping):
+        try:
+            return datasets.Dataset.from_dict(dict(data))
+        except Exception as error:  # noqa: BLE001 - pyarrow's errors on uneven or mixed-type columns have many types
+            raise ValueError(
+                f"{expected}; this dict of columns could not be converted: {_explain(error, data)}"
+            ) from None
+    raise ValueError(
+        f"{expected}, got {type(data).__name__}. Build one with datasets.Dataset.from_dict({{'sentence1': [...], "
+        "'sentence2': [...]})."
+    )
+
+
+def _explain(error: Exception, columns: Mapping[str, Any]) -> str:
+    """The conversion error, with the column and row of the first lone surrogate (which Arrow cannot store)."""
+    for name, values in columns.items():
+        for row, value in enumerate(values if isinstance(values, Sequence) and not isinstance(values, str) else []):
+            if isinstance(value, str) and _LONE_SURROGATE.search(value):
+                return f"column {name!r}, row {row}: {value!r} holds a lone surrogate, not valid Unicode ({error})"
+    return str(error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -52,6 +53,10 @@ def score_pairs(
         ``(n,)`` for binary and regression heads (and for labels), ``(n, k)`` logits or probabilities for k-way heads.
     """
     head = get_pair_head(model)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    # Checks output against the head (e.g. no probabilities from a regression head) before anything is encoded.
+    logits_to_output(torch.zeros((0, head.num_labels)), head.problem_type, output)
     if isinstance(sentences1, str) or isinstance(sentences2, str):
         raise ValueError("score_pairs takes two lists of sentences; wrap a single pair as ([sentence1], [sentence2]).")
     sentences1, sentences2 = list(sentences1), list(sentences2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -98,13 +99,18 @@ class DSELoss(nn.Module):
                 student.save("dse-student")
         """
         super().__init__()
-        if not 0.0 <= distillation_weight <= 1.0:
-            raise ValueError(f"distillation_weight must be in [0, 1], got {distillation_weight}.")
+        if not _is_number(distillation_weight) or not 0.0 <= distillation_weight <= 1.0:
+            raise ValueError(
+                f"distillation_weight must be in [0, 1], a number (0: gold labels only, 1: teacher only), got "
+                f"{distillation_weight!r}."
+            )
+        if not isinstance(symmetric, bool):
+            raise ValueError(f"symmetric must be True or False, got {symmetric!r}.")
+        if not _is_number(teacher_logit_scale) or not (math.isfinite(teacher_logit_scale) and teacher_logit_scale > 0):
+            raise ValueError(f"teacher_logit_scale must be a positive, finite number, got {teacher_logit_scale!r}.")
         self.model = model
         self.distillation_weight = float(distillation_weight)
         self.symmetric = symmetric
-        if not (math.isfinite(teacher_logit_scale) and teacher_logit_scale > 0):
-            raise ValueError(f"teacher_logit_scale must be a positive number, got {teacher_logit_scale}.")
         self.teacher_logit_scale = float(teacher_logit_scale)
         # Fail at construction, not at the first batch, when the model cannot score pairs.
         head = get_pair_head(model)
@@ -193,6 +199,10 @@ class DSELoss(nn.Module):
     @property
     def citation(self) -> str:
         return DSE_CITATION
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import datasets
+
+from st_dse.data.pairs import check_pairs
 
 
 def pack_dse_labels(
@@ -18,6 +21,11 @@ def pack_dse_labels(
 
     Rows whose gold label is missing (None, or ``gold_column=None`` for purely teacher-labelled data) get ``NaN``
     gold, which DSELoss leaves out of the gold loss.
+
+    Raises:
+        ValueError: a missing column, no rows, a sentence that is None, empty or not valid Unicode, teacher logits
+            that are missing, not a list of finite numbers or of another length than the first row's, or a gold label
+            that is not a number. Each names its row.
     """
     missing = [column for column in [*text_columns, teacher_column] if column not in dataset.column_names]
     if gold_column is not None and gold_column not in dataset.column_names:
@@ -28,17 +36,61 @@ def pack_dse_labels(
             f"Add teacher logits with st_dse.label_with_teacher(...), or name the columns with gold_column=/"
             "teacher_column=/text_columns=."
         )
+    if len(dataset) == 0:
+        raise ValueError(
+            "The dataset has no rows: there is nothing to train on. Check the data files and any filtering or "
+            "sampling that came before (e.g. a max-samples option of 0)."
+        )
+    if len(text_columns) != 2:
+        raise ValueError(f"text_columns must name the two sentence columns, got {list(text_columns)}.")
+    widths: set[int] = set()  # the number of teacher logits per row, taken from the first row
 
-    def pack(batch: dict[str, list]) -> dict[str, list]:
+    def pack(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        check_pairs(batch[text_columns[0]], batch[text_columns[1]], first_row=indices[0])
         size = len(batch[teacher_column])
         golds = batch[gold_column] if gold_column is not None else [None] * size
         packed = []
-        for gold, logits in zip(golds, batch[teacher_column]):
-            gold_value = math.nan if gold is None else float(gold)
-            packed.append([gold_value, *map(float, logits)])
+        for row, gold, logits in zip(indices, golds, batch[teacher_column]):
+            packed.append([_gold_value(row, gold, gold_column), *_teacher_values(row, logits, teacher_column, widths)])
         return {"label": packed}
 
     kept = [*text_columns, teacher_column, *([gold_column] if gold_column is not None else [])]
     consumed = [column for column in kept if column not in text_columns]
-    packed = dataset.select_columns(kept).map(pack, batched=True, remove_columns=consumed, desc="Packing DSE labels")
+    packed = dataset.select_columns(kept).map(
+        pack, batched=True, with_indices=True, remove_columns=consumed, desc="Packing DSE labels"
+    )
     return packed.select_columns([*text_columns, "label"])
+
+
+def _gold_value(row: int, gold: object, gold_column: str | None) -> float:
+    if gold is None:
+        return math.nan
+    if isinstance(gold, numbers.Real):
+        return float(gold)
+    raise ValueError(
+        f"Row {row}: the gold label ({gold_column!r}) is {type(gold).__name__} ({gold!r}), expected a number (a "
+        "class id, 0/1 or a score) or None for a pair without one. Map label names to class ids first."
+    )
+
+
+def _teacher_values(row: int, logits: object, teacher_column: str, widths: set[int]) -> list[float]:
+    if not isinstance(logits, (list, tuple)) or not logits:
+        raise ValueError(
+            f"Row {row}: the teacher logits ({teacher_column!r}) are {logits!r}, expected a non-empty list of "
+            "numbers. Label every pair with st_dse.label_with_teacher(...) (rows without logits cannot be distilled)."
+        )
+    values = []
+    for logit in logits:
+        if not isinstance(logit, numbers.Real) or isinstance(logit, bool) or not math.isfinite(logit):
+            raise ValueError(
+                f"Row {row}: the teacher logits ({teacher_column!r}) {logits!r} hold {logit!r}, expected finite "
+                "numbers. Label the pair again with st_dse.label_with_teacher(...)."
+            )
+        values.append(float(logit))
+    widths.add(len(values))
+    if len(widths) > 1:
+        raise ValueError(
+            f"Row {row}: {len(values)} teacher logits, but other rows have {sorted(widths - {len(values)})}: every "
+            "row needs the teacher's num_labels logits. Label all pairs with the same teacher."
+        )
+    return values

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
 from typing import Any, Literal
 
@@ -95,17 +96,9 @@ class PairHead(Module):
                 f"This PairHead was saved in format version {format_version}, newer than the {FORMAT_VERSION} this "
                 "st_dse understands. Upgrade st_dse (`pip install -U st_dse`) to load it."
             )
-        if head_type not in HEAD_TYPES:
-            raise ValueError(f"head_type must be one of {HEAD_TYPES}, got {head_type!r}.")
+        check_head_arguments(in_features, num_labels, head_type, hidden_dim, problem_type, rank, dropout)
         if problem_type is None:
             problem_type = "multiclass" if num_labels > 1 else "binary"
-        if problem_type not in PROBLEM_TYPES:
-            raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}.")
-        if num_labels < 1 or (problem_type == "multiclass") != (num_labels > 1):
-            raise ValueError(
-                f"num_labels={num_labels} does not fit problem_type={problem_type!r}: use num_labels=1 for binary "
-                "tasks and regression (one logit), and num_labels=k >= 2 for k-way classification."
-            )
         if label_names is not None and problem_type != "regression":
             expected = 2 if problem_type == "binary" else num_labels
             if len(label_names) != expected:
@@ -289,6 +282,42 @@ class PairHead(Module):
         if unknown:
             logger.warning("Ignoring unknown PairHead config keys %s in %s", sorted(unknown), config_path)
         return {key: value for key, value in config.items() if key in cls.config_keys}
+
+
+def check_head_arguments(
+    in_features: int | None = None,
+    num_labels: int = 1,
+    head_type: str = "concat",
+    hidden_dim: int = 512,
+    problem_type: str | None = None,
+    rank: int | None = None,
+    dropout: float = 0.0,
+) -> None:
+    """Raise a ValueError naming the first impossible :class:`PairHead` argument (``in_features=None``: not checked).
+
+    Called by PairHead and, before the encoder is loaded, by :func:`st_dse.build_student`.
+    """
+    sizes = {"in_features": in_features, "num_labels": num_labels, "hidden_dim": hidden_dim, "rank": rank}
+    for name, value in sizes.items():
+        if value is None and name in ("in_features", "rank"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"PairHead {name} must be an integer, got {value!r}.")
+        if value < 1 and name != "num_labels":  # num_labels is checked against the problem type below
+            raise ValueError(f"PairHead {name} must be an integer >= 1, got {value!r}.")
+    if head_type not in HEAD_TYPES:
+        raise ValueError(f"PairHead head_type must be one of {HEAD_TYPES}, got {head_type!r}.")
+    if problem_type is None:
+        problem_type = "multiclass" if num_labels > 1 else "binary"
+    if problem_type not in PROBLEM_TYPES:
+        raise ValueError(f"PairHead problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}.")
+    if num_labels < 1 or (problem_type == "multiclass") != (num_labels > 1):
+        raise ValueError(
+            f"num_labels={num_labels} does not fit problem_type={problem_type!r}: use num_labels=1 for binary "
+            "tasks and regression (one logit), and num_labels=k >= 2 for k-way classification."
+        )
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"PairHead dropout must be a number in [0, 1), got {dropout!r}.")
 
 
 def logits_to_output(logits: Tensor, problem_type: str, output: Output = "logits") -> Tensor:

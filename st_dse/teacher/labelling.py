@@ -7,11 +7,12 @@ import os
 
 import datasets
 import numpy as np
+import pandas
 import torch
 from sentence_transformers import CrossEncoder
 from tqdm.auto import tqdm
 
-from st_dse.data.pairs import check_pairs
+from st_dse.data.pairs import as_dataset, check_pairs
 from st_dse.fingerprint import weights_fingerprint
 from st_dse.teacher.cache import TeacherLogitCache, default_cache_dir, pair_key, shard_of
 
@@ -56,7 +57,7 @@ def raw_logits(cross_encoder: CrossEncoder, pairs: list[tuple[str, str]], batch_
 
 def label_with_teacher(
     cross_encoder: CrossEncoder,
-    dataset: datasets.Dataset,
+    dataset: datasets.Dataset | dict[str, list] | pandas.DataFrame,
     sentence1_column: str = "sentence1",
     sentence2_column: str = "sentence2",
     output_column: str = "teacher_logits",
@@ -82,7 +83,8 @@ def label_with_teacher(
 
     Args:
         cross_encoder: The teacher, a fine-tuned :class:`~sentence_transformers.CrossEncoder`.
-        dataset: Pairs in ``sentence1_column`` and ``sentence2_column``; other columns are kept.
+        dataset: Pairs in ``sentence1_column`` and ``sentence2_column``; other columns are kept. A dict of columns or
+            a pandas DataFrame is converted to a :class:`datasets.Dataset`. An empty one gives an empty result.
         output_column: Name of the new column. Each row holds ``num_labels`` floats: one for a binary teacher (2-logit
             teachers are reduced to ``l1 - l0``) or a regression teacher, k for a k-way teacher.
         batch_size: Teacher batch size.
@@ -99,7 +101,8 @@ def label_with_teacher(
             be reading the same cache folder).
 
     Raises:
-        ValueError: a missing column, a sentence that is empty, None or not a string, bad shard arguments, a teacher
+        ValueError: data that is not a Dataset, dict or DataFrame, a missing column, a sentence that is empty (nothing
+            visible), None, not a string or not valid Unicode, bad batch or shard arguments, a teacher
             that produced NaN or infinite logits (that batch is not cached), or missing logits with
             ``require_cached``.
     """
@@ -110,11 +113,14 @@ def label_with_teacher(
     _check_shard_arguments(shard_index, num_shards)
     if require_cached and not use_cache:
         raise ValueError("require_cached=True reads the cache; it cannot be combined with use_cache=False.")
+    dataset = as_dataset(dataset, "label_with_teacher")
     missing = [c for c in (sentence1_column, sentence2_column) if c not in dataset.column_names]
     if missing:
         raise ValueError(f"The dataset has no column(s) {missing}; its columns are {dataset.column_names}.")
     sentences1, sentences2 = list(dataset[sentence1_column]), list(dataset[sentence2_column])
     check_pairs(sentences1, sentences2)
+    if not sentences1:
+        logger.warning("label_with_teacher got a dataset without rows: there is nothing to label.")
     keys = [pair_key(a, b) for a, b in zip(sentences1, sentences2)]
     if num_shards is not None:
         rows = [row for row, key in enumerate(keys) if shard_of(key, num_shards) == shard_index]
@@ -171,7 +177,9 @@ def label_with_teacher(
     column = [known[key].tolist() for key in keys]
     if output_column in dataset.column_names:
         dataset = dataset.remove_columns(output_column)
-    return dataset.add_column(output_column, column)
+    # An empty column has no type to infer: give it the type of a filled one.
+    feature = None if column else datasets.Sequence(datasets.Value("float64"))
+    return dataset.add_column(output_column, column, feature=feature)
 
 
 def _check_shard_arguments(shard_index: int | None, num_shards: int | None) -> None:
