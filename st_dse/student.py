@@ -59,9 +59,10 @@ def get_pair_head(model: nn.Module) -> PairHead:
     heads = [module for module in model.modules() if isinstance(module, PairHead)]
     if not heads:
         raise ValueError(
-            "This model has no PairHead, so it cannot score pairs. Build a student with "
-            "st_dse.build_student(...) or add one with st_dse.add_pair_head(model, num_labels=...), train it with "
-            "st_dse.DSELoss, and load a saved student with st_dse.load_student(path)."
+            "This model has no PairHead, so it cannot score pairs. A saved student loaded with "
+            "SentenceTransformer(path) is its encoder only: load it with st_dse.load_student(path) to get its head. "
+            "To make a student, use st_dse.build_student(...) (or st_dse.add_pair_head(model, num_labels=...)) and "
+            "train it with st_dse.DSELoss."
         )
     if len(heads) > 1:
         raise ValueError(f"The model has {len(heads)} PairHeads; st_dse expects exactly one.")

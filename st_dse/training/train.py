@@ -149,6 +149,8 @@ def distill_student(
     compares logits in float32. Rows whose gold label is missing (None) train on the teacher's logits alone.
     """
     config = config or DistillConfig()
+    if len(train_dataset) == 0:
+        raise ValueError("The training dataset has no rows: there is nothing to train on. Check the data source.")
     set_seed(config.seed)  # the trainer seeds only after the model exists; the fresh PairHead must be seeded too
     student = build_student(
         config.student,
