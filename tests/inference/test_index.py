@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from st_dse import build_student, get_pair_head
-from st_dse.inference.index import CandidateIndex, StoredMatrix, model_fingerprint
+from st_dse.inference.index import CandidateIndex, model_fingerprint
+from st_dse.inference.storage import StoredMatrix
 
 NUM_CANDIDATES = 60
 DIM = 384
