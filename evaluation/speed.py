@@ -29,6 +29,13 @@ Usage:
     python -m evaluation.speed --sizes 1000 10000 --skip-mpnet --output-dir runs/speed-small   # quick look
     python -m evaluation.speed --students runs/mrpc runs/mrpc-top4 --sizes 1000 10000 --output-dir runs/speed-students
 
+``--ten-million`` runs only the large-corpus benchmark: real embeddings of the candidate pool repeated with small
+Gaussian noise up to 10M rows (``--ten-million-size``), stored as int8 in chunks, with an IVF-PQ prefilter over the
+head surrogate; it reports the median latency of single held-out queries, recall@10 against exhaustive exact head
+scoring of all rows, the index's memory and the build time, in ``ten_million.json``:
+
+    python -m evaluation.speed --ten-million --threads 2 --output-dir /tmp/speed-10m
+
 ``--students`` times only saved DSE students against each other (what a different pooling or head costs): one
 query against N cached candidates, query encoding included, exact float32 head, written to ``students.json``.
 
@@ -53,6 +60,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import sentence_transformers
 import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer, losses
 from sentence_transformers.base.losses.merged_forward import column_merging_disabled
@@ -61,6 +69,7 @@ import st_dse
 from st_dse.data import get_task, load_task, resolve_data_dir
 from st_dse.hub import resolve_model_name
 from st_dse.inference.index import CandidateIndex, model_fingerprint
+from st_dse.inference.storage import StoredMatrix
 
 logger = logging.getLogger("speed")
 
@@ -99,6 +108,22 @@ class PeakMemory:
     @property
     def extra_mb(self) -> float:
         return (self.peak - self.baseline) / 2**20
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def faiss_version() -> str | None:
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss.__version__
 
 
 def timed(function, *args, **kwargs) -> tuple[float, object]:
@@ -389,6 +414,135 @@ def benchmark_training_step(base: str, train: datasets.Dataset, batch_size: int,
     }
 
 
+# -- ten million candidates ----------------------------------------------------------------------------------------
+
+
+def noisy_copies(pool: np.ndarray, size: int, noise: float, seed: int, chunk_rows: int = 262144):
+    """A function yielding, chunk by chunk, ``size`` rows: row ``r`` is ``pool[r % len(pool)]`` plus Gaussian noise of
+    standard deviation ``noise`` times each dimension's standard deviation over the pool; the same rows every call."""
+    scale = (pool.std(axis=0) * noise).astype(np.float32)
+
+    def chunks():
+        for start in range(0, size, chunk_rows):
+            rows = np.arange(start, min(start + chunk_rows, size)) % len(pool)
+            rng = np.random.default_rng([seed, start])
+            yield pool[rows] + rng.standard_normal((len(rows), pool.shape[1]), dtype=np.float32) * scale
+
+    return chunks
+
+
+def benchmark_ten_million(args, data_dir: Path, cache_dir: Path) -> dict:
+    """One query against 10M int8 candidates via an IVF-PQ head-surrogate prefilter: latency, recall, RAM, build."""
+    queries, pool, texts, train, validation = benchmark_texts(data_dir, args)
+    base = resolve_model_name(st_dse.DEFAULT_MODEL)
+    all_embeddings = cached_embeddings(st_dse.build_student(base, device="cpu"), texts, cache_dir, "unnormalised")
+    row_of = {text: row for row, text in enumerate(texts)}
+    embedding_of = {text: all_embeddings[row] for text, row in row_of.items()}
+    pool_embeddings = all_embeddings[[row_of[text] for text in pool]]
+    query_embeddings = torch.from_numpy(all_embeddings[[row_of[q] for q in queries]])
+    concat, accuracy = build_trained_student(base, "concat", 512, embedding_of, train, validation, args)
+    fingerprint = model_fingerprint(concat)
+    size, noise = args.ten_million_size, args.ten_million_noise
+    logger.info("%d rows: %d distinct candidates repeated with noise %.3g x per-dimension std", size, len(pool), noise)
+
+    baseline_rss = rss_bytes()
+    with PeakMemory() as build_memory:
+        start = time.perf_counter()
+        stored = StoredMatrix.from_chunks(noisy_copies(pool_embeddings, size, noise, args.seed), "int8")
+        storage_seconds = time.perf_counter() - start
+        logger.info("int8 storage of %d rows built in %.0f s", size, storage_seconds)
+        index = CandidateIndex(
+            concat,
+            stored,
+            faiss_index=args.ten_million_prefilter,
+            faiss_params=args.ten_million_params,
+            rerank_k=args.rerank_k,
+            precision="bfloat16",
+            fingerprint=fingerprint,
+        )
+        build_seconds = time.perf_counter() - start
+    logger.info("Index built in %.0f s (%.2f GB)", build_seconds, index.nbytes / 1e9)
+    rss_after_build = rss_bytes()
+
+    timing_queries = queries[1 : args.recall_queries + 1]
+    stats, _ = time_student(index, concat, timing_queries, len(timing_queries))
+    latencies = []
+    for query in timing_queries:  # the search alone once more, for its spread
+        embedding = concat.encode(query, convert_to_tensor=True)
+        latencies.append(timed(index.search_embeddings, embedding, TOP_K)[0])
+    logger.info(
+        "Median time per query %.1f ms (search %.1f ms)", stats["seconds"] * 1e3, stats["search_seconds"] * 1e3
+    )
+
+    recall_embeddings = query_embeddings[1 : args.recall_queries + 1]
+    _, returned = index.search_embeddings(recall_embeddings, TOP_K)
+    exact = CandidateIndex(concat, stored, fingerprint=fingerprint)
+    start = time.perf_counter()
+    recalls = []
+    for row in range(len(recall_embeddings)):
+        best_scores, _ = exact.search_embeddings(recall_embeddings[row : row + 1], TOP_K)
+        returned_scores = exact.score_candidates(recall_embeddings[row : row + 1], returned[row : row + 1])[0]
+        threshold = float(best_scores[0, -1])
+        tolerance = 1e-4 * max(1.0, abs(threshold))
+        recalls.append(float((returned_scores >= threshold - tolerance).float().sum() / TOP_K))
+        logger.info(
+            "Exhaustive reference, query %d: recall@10 %.2f (%.0f s so far)",
+            row,
+            recalls[-1],
+            time.perf_counter() - start,
+        )
+    return {
+        "rows": size,
+        "distinct_candidates": len(pool),
+        "rows_note": f"the {len(pool):,} distinct pool embeddings (real sentences) repeated to {size:,} rows, every "
+        f"row plus Gaussian noise of {noise} x the per-dimension standard deviation over the pool",
+        "head": f"concat, hidden 512, fitted to qqp-subset gold labels over frozen all-MiniLM-L6-v2 embeddings "
+        f"({args.head_epochs} epochs, AdamW 1e-3): validation accuracy {accuracy:.2f}",
+        "storage": "int8 (per-dimension affine)",
+        "prefilter": args.ten_million_prefilter,
+        "prefilter_params": args.ten_million_params,
+        "prefilter_metric": "head (linear surrogate of the head over [v, v*v])",
+        "rerank_k": args.rerank_k,
+        "precision": "bfloat16 screen of the shortlist + float32 rescoring of the best 100",
+        "queries": len(timing_queries),
+        "median_seconds_per_query": stats["seconds"],
+        "median_encode_seconds": stats["encode_seconds"],
+        "median_search_seconds": stats["search_seconds"],
+        "search_seconds_p90": float(np.percentile(latencies, 90)),
+        "peak_extra_rss_mb_during_search": stats["peak_extra_rss_mb"],
+        "recall_at_10": statistics.mean(recalls),
+        "recall_at_10_per_query": recalls,
+        "exhaustive_reference_seconds": time.perf_counter() - start,
+        "index_bytes": index.nbytes,
+        "index_bytes_int8_embeddings": stored.nbytes,
+        "index_bytes_prefilter": index.prefilter.nbytes,
+        "build_seconds": build_seconds,
+        "build_seconds_int8_storage": storage_seconds,
+        "build_seconds_prefilter": build_seconds - storage_seconds,
+        "rss_gb_before_build": baseline_rss / 1e9,
+        "rss_gb_after_build": rss_after_build / 1e9,
+        "peak_rss_gb_during_build": build_memory.peak / 1e9,
+        "extra_rss_gb_held_by_index": (rss_after_build - baseline_rss) / 1e9,
+        "peak_extra_rss_gb_during_build": (build_memory.peak - baseline_rss) / 1e9,
+    }
+
+
+def benchmark_texts(data_dir: Path, args):
+    """Held-out queries, the candidate pool, every text to encode, and the qqp-subset train/validation splits."""
+    queries, pool = load_sentences(data_dir, max(args.queries, args.recall_queries) + 1, args.seed)
+    train = load_task(get_task("qqp-subset"), "train", data_dir)
+    validation = load_task(get_task("qqp-subset"), "validation", data_dir)
+    texts = sorted(
+        set(pool)
+        | set(train["sentence1"])
+        | set(train["sentence2"])
+        | set(validation["sentence1"])
+        | set(validation["sentence2"])
+        | set(queries)
+    )
+    return queries, pool, texts, train, validation
+
+
 # -- main -----------------------------------------------------------------------------------------------------------
 
 
@@ -422,6 +576,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-batch-size", type=int, default=32)
     parser.add_argument("--skip", nargs="*", default=[], choices=["search", "options", "labelling", "training"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ten-million", action="store_true", help="run only the 10M-candidate benchmark (see Usage)")
+    parser.add_argument("--ten-million-size", type=int, default=10_000_000, help="rows of the large corpus")
+    parser.add_argument(
+        "--ten-million-noise", type=float, default=0.1, help="noise std of each copy, x the per-dimension std"
+    )
+    parser.add_argument("--ten-million-prefilter", default="IVF1024,PQ384x4fs", help="faiss index of the surrogate")
+    parser.add_argument("--ten-million-params", default="nprobe=64", help="its faiss search parameters")
     parser.add_argument(
         "--students", nargs="+", metavar="PATH", help="only time these saved students against each other (see Usage)"
     )
@@ -449,7 +610,12 @@ def main(argv: list[str] | None = None) -> dict:
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(),
+            "cpu_model": cpu_model(),
+            "python": platform.python_version(),
             "torch": torch.__version__,
+            "numpy": np.__version__,
+            "sentence_transformers": sentence_transformers.__version__,
+            "faiss": faiss_version(),
             "load_average_start": os.getloadavg(),
         },
         "notes": [
@@ -459,6 +625,13 @@ def main(argv: list[str] | None = None) -> dict:
         ],
     }
     started = time.perf_counter()
+    if args.ten_million:
+        results["ten_million"] = benchmark_ten_million(args, data_dir, cache_dir)
+        results["machine"]["load_average_end"] = os.getloadavg()
+        results["wall_seconds"] = time.perf_counter() - started
+        (output_dir / "ten_million.json").write_text(json.dumps(results, indent=2, default=float))
+        print(json.dumps(results["ten_million"], indent=2, default=float))
+        return results
     if args.students:
         results["students"] = benchmark_students(args, data_dir, cache_dir)
         results["machine"]["load_average_end"] = os.getloadavg()
@@ -469,19 +642,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{path} ({row['embedding_dimension']}-d): {times}")
         return results
 
-    queries, pool = load_sentences(data_dir, max(args.queries, args.recall_queries) + 1, args.seed)
-    train = load_task(get_task("qqp-subset"), "train", data_dir)
-    validation = load_task(get_task("qqp-subset"), "validation", data_dir)
+    queries, pool, texts, train, validation = benchmark_texts(data_dir, args)
     encoder = SentenceTransformer(base, device="cpu")
     encoder_plain = st_dse.build_student(base, device="cpu")  # Normalize dropped: what the heads see
-    texts = sorted(
-        set(pool)
-        | set(train["sentence1"])
-        | set(train["sentence2"])
-        | set(validation["sentence1"])
-        | set(validation["sentence2"])
-        | set(queries)
-    )
     all_embeddings = cached_embeddings(encoder_plain, texts, cache_dir, "unnormalised")
     row_of = {text: row for row, text in enumerate(texts)}
     embedding_of = {text: all_embeddings[row] for text, row in row_of.items()}

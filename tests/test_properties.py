@@ -242,9 +242,13 @@ FINITE_EMBEDDING = st.floats(-50, 50, width=32)
 )
 def test_index_returns_the_exact_top_k_with_finite_scores(students, candidates, queries, top_k, head_type):
     index = st_dse.CandidateIndex(students[head_type], candidates)
+    if top_k < 1:
+        with pytest.raises(ValueError, match="top_k must be a positive integer"):
+            index.search(queries, top_k=top_k)
+        return
     hits = index.search(queries, top_k=top_k)
     assert len(hits) == len(queries)
-    expected_k = max(0, min(top_k, len(candidates)))
+    expected_k = min(top_k, len(candidates))
     all_scores = index.score_all(torch.tensor(queries)).numpy() if len(candidates) else np.zeros((len(queries), 0))
     assert np.isfinite(all_scores).all()
     for row, query_hits in enumerate(hits):

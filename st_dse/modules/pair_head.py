@@ -163,22 +163,18 @@ class PairHead(Module):
     def score_all(self, query_embeddings: Tensor, candidate_embeddings: Tensor) -> Tensor:
         """Logits of every query against every candidate: shape ``(num_queries, num_candidates, num_labels)``.
 
-        Vectorised over candidates. The concat head's first layer is split into its four blocks so that the
-        ``u`` and ``v`` terms are computed once per query and once per candidate instead of once per pair.
+        Vectorised over candidates. For the concat head the first layer is regrouped (see :func:`concat_hidden`) so
+        that the ``u`` terms are computed once per query instead of once per pair. Dropout is not applied: this is
+        for scoring a trained head; :meth:`score` is the training path.
         """
         self._check_embeddings(query_embeddings, candidate_embeddings)
         dtype = self._parameter_dtype()
         queries, candidates = query_embeddings.to(dtype), candidate_embeddings.to(dtype)
         if self.head_type == "factorized":
             return torch.einsum("qkr,nkr->qnk", self.query_vectors(queries), self.candidate_vectors(candidates))
-        first, _, dropout, second = self.classifier
-        w_u, w_v, w_mul, w_diff = first.weight.split(self.in_features, dim=1)
-        query_part = queries @ w_u.T + first.bias  # (Q, H)
-        candidate_part = candidates @ w_v.T  # (N, H)
-        hidden = query_part[:, None, :] + candidate_part[None, :, :]
-        hidden = hidden + torch.einsum("qd,nd,hd->qnh", queries, candidates, w_mul)
-        hidden = hidden + torch.abs(queries[:, None, :] - candidates[None, :, :]) @ w_diff.T
-        return second(dropout(torch.relu(hidden)))
+        if len(queries) == 0:
+            return queries.new_zeros((0, len(candidates), self.num_labels))
+        return torch.stack([concat_logits(self, query, candidates) for query in queries])
 
     def query_vectors(self, embeddings: Tensor) -> Tensor:
         """Factorized head only: query-side vectors ``(batch, num_labels, rank + 2)``.
@@ -318,6 +314,64 @@ def check_head_arguments(
         )
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"PairHead dropout must be a number in [0, 1), got {dropout!r}.")
+
+
+# -- the concat head's first layer, regrouped for one query against many candidates -----------------------------------
+
+
+def concat_weight_blocks(head: PairHead) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The concat head's first-layer weight cut by input block: ``(W_u, W_v, W_mul, W_diff)``, each ``(hidden, d)``.
+
+    The first layer computes ``W_u u + W_v v + W_mul (u * v) + W_diff |u - v| + b`` from ``[u, v, u * v, |u - v|]``.
+    """
+    if head.head_type != "concat":
+        raise ValueError(f"The first-layer blocks exist only for head_type='concat', not {head.head_type!r}.")
+    w_u, w_v, w_mul, w_diff = head.classifier[0].weight.split(head.in_features, dim=1)
+    return w_u, w_v, w_mul, w_diff
+
+
+def concat_hidden(
+    head: PairHead, query: Tensor, candidates: Tensor, compute_dtype: torch.dtype | None = None
+) -> Tensor:
+    """Concat-head hidden pre-activations ``(n, hidden)`` of one query ``(d,)`` against candidates ``(n, d)``.
+
+    The first layer is regrouped as ``v @ (W_v + W_mul * u)^T + |u - v| @ W_diff^T + (W_u u + b)``: two
+    ``(n, d) @ (d, hidden)`` products per query instead of one of width ``4d`` per pair. ``compute_dtype`` (default:
+    the head's dtype) is the dtype of those two products; ``torch.bfloat16`` makes a fast screen whose values are
+    rounded to about three significant digits. ``query`` and ``candidates`` must be on the head's device.
+    """
+    first = head.classifier[0]
+    dtype = first.weight.dtype
+    w_u, w_v, w_mul, w_diff = concat_weight_blocks(head)
+    query = query.to(dtype)
+    query_bias = torch.addmv(first.bias, w_u, query)
+    candidate_weights = (w_v + w_mul * query).T  # (d, hidden)
+    compute = compute_dtype or dtype
+    candidates = candidates.to(compute)
+    query = query.to(compute)
+    hidden = torch.addmm(query_bias.to(compute), candidates, candidate_weights.to(compute))
+    return hidden.addmm_(torch.sub(candidates, query).abs_(), w_diff.T.to(compute))
+
+
+def concat_logits(
+    head: PairHead,
+    query: Tensor,
+    candidates: Tensor,
+    label_index: int | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Concat-head logits of one query ``(d,)`` against candidates ``(n, d)`` (see :func:`concat_hidden`).
+
+    Returns ``(n, num_labels)`` in the head's dtype, or with ``label_index`` that label's logits ``(n,)`` in float32.
+    Dropout is not applied.
+    """
+    second = head.classifier[3]
+    hidden = concat_hidden(head, query, candidates, compute_dtype).relu_()
+    if label_index is None:
+        dtype = second.weight.dtype
+        return torch.addmm(second.bias, hidden.to(dtype), second.weight.T)
+    weights = second.weight[label_index].to(hidden.dtype)
+    return torch.mv(hidden, weights).float() + second.bias[label_index].float()
 
 
 def logits_to_output(logits: Tensor, problem_type: str, output: Output = "logits") -> Tensor:
