@@ -187,9 +187,10 @@ def test_empty_dataset_to_pack_and_distill_is_refused(tiny_encoder, tmp_path):
     empty = Dataset.from_dict({"sentence1": [], "sentence2": [], "label": [], "teacher_logits": []})
     with pytest.raises(ValueError, match="The dataset has no rows: there is nothing to train on"):
         pack_dse_labels(empty)
-    config = DistillConfig(student=tiny_encoder, hidden_dim=8, epochs=1)
-    with pytest.raises(ValueError, match="The dataset has no rows: there is nothing to train on"):
-        distill_student(get_task("mrpc"), empty, None, tmp_path / "checkpoints", config)
+    for weight in (0.5, 0.0):  # gold and teacher, and gold-only
+        config = DistillConfig(student=tiny_encoder, hidden_dim=8, epochs=1, distillation_weight=weight)
+        with pytest.raises(ValueError, match="The dataset has no rows: there is nothing to train on"):
+            distill_student(get_task("mrpc"), empty, None, tmp_path / "checkpoints", config)
     assert not (tmp_path / "checkpoints").exists()
 
 

@@ -150,7 +150,7 @@ def distill_student(
     """
     config = config or DistillConfig()
     if len(train_dataset) == 0:
-        raise ValueError("The training dataset has no rows: there is nothing to train on. Check the data source.")
+        raise ValueError("The dataset has no rows: there is nothing to train on. Check the data source.")
     set_seed(config.seed)  # the trainer seeds only after the model exists; the fresh PairHead must be seeded too
     student = build_student(
         config.student,
