@@ -28,6 +28,7 @@ from torch import Tensor
 from st_dse.data.pairs import check_pairs
 from st_dse.fingerprint import hash_state_dict
 from st_dse.inference.prefilter import PREFILTER_METRICS, Prefilter, PrefilterMetric
+from st_dse.inference.storage import REBUILD as REMEDY
 from st_dse.inference.storage import StorageDtype, StoredMatrix
 from st_dse.integrity import CorruptFileError, VerifyMode, atomic_save_dir, recover_interrupted_save, verify_manifest
 from st_dse.modules.pair_head import PairHead, concat_logits
@@ -47,10 +48,6 @@ DEFAULT_CHUNK_SIZE = {"cpu": 8192, "cuda": 65536}
 # Scores of at most this many (query, candidate) floats are held at once; bounds memory for big query batches.
 SCORE_BUFFER_ELEMENTS = 1 << 25
 LOAD_OVERRIDES = ("rerank_k", "rescore_k", "faiss_params", "precision", "chunk_size")
-REMEDY = (
-    "Rebuild the index (CandidateIndex.from_sentences(model, corpus).save(path)), or copy the whole saved folder "
-    "again."
-)
 
 
 def model_fingerprint(model: SentenceTransformer) -> str:
@@ -491,7 +488,8 @@ def _saved_files(config: dict[str, Any]) -> list[str]:
 
 def _read_config(directory: Path, verify: VerifyMode) -> dict[str, Any]:
     """The config of a saved index, after repairing an interrupted save and verifying every file it implies."""
-    recover_interrupted_save(directory)
+    if not directory.is_symlink() and not directory.is_file():  # a save into it may have been killed mid-swap
+        recover_interrupted_save(directory)
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(
@@ -562,7 +560,8 @@ def _check_settings(
         raise ValueError(f"label_index must be in [0, {head.num_labels - 1}], got {label_index}.")
     if chunk_size is not None:
         _positive("chunk_size", chunk_size)
-    _positive("rerank_k", rerank_k), _positive("rescore_k", rescore_k)
+    _positive("rerank_k", rerank_k)
+    _positive("rescore_k", rescore_k)
     if prefilter_metric not in PREFILTER_METRICS:
         raise ValueError(f"prefilter_metric must be one of {PREFILTER_METRICS}, got {prefilter_metric!r}.")
     if precision not in ("float32", "bfloat16"):

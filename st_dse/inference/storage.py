@@ -24,7 +24,10 @@ NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
 # Rows copied at a time between host and accelerator, or from a source of chunks into storage.
 COPY_ROWS = 65536
-REBUILD = "Build the index again, or copy the whole saved folder again."
+REBUILD = (
+    "Rebuild the index (CandidateIndex.from_sentences(model, corpus).save(path)), or copy the whole saved folder "
+    "again."
+)
 
 
 class StoredMatrix:

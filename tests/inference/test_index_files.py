@@ -142,3 +142,8 @@ def test_load_recovers_a_save_interrupted_between_its_renames(student, saved):
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
     saved.rename(saved.parent / f".index.old-{int(child.stdout)}-ab12")  # what a save killed mid-swap leaves
     assert len(CandidateIndex.load(saved, student)) == 40
+
+
+def test_index_loads_through_a_symbolic_link(student, saved, tmp_path):
+    (tmp_path / "link").symlink_to(saved)
+    assert len(CandidateIndex.load(tmp_path / "link", student)) == 40
