@@ -68,8 +68,9 @@ from sentence_transformers.base.losses.merged_forward import column_merging_disa
 
 import st_dse
 from st_dse.data import get_task, load_task, resolve_data_dir
+from st_dse.fingerprint import model_fingerprint
 from st_dse.hub import resolve_model_name
-from st_dse.inference.index import CandidateIndex, model_fingerprint
+from st_dse.inference.index import CandidateIndex
 from st_dse.inference.storage import StoredMatrix
 
 logger = logging.getLogger("speed")

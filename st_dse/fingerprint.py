@@ -1,4 +1,4 @@
-"""One digest of a model's weights, shared by the teacher-logit cache and the candidate index."""
+"""Digests of a model's weights and settings: the teacher-logit cache's key and the candidate index's guard."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import torch
+from sentence_transformers import SentenceTransformer
 from torch import nn
 
 
@@ -24,4 +25,22 @@ def weights_fingerprint(module: nn.Module, settings: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     hash_state_dict(digest, module)
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: SentenceTransformer) -> str:
+    """A hex digest of everything that decides a student's embeddings and head scores.
+
+    It hashes every weight (name, dtype, shape, bytes) and each module's class and settings (pooling mode,
+    maximum sequence length, head config), so a further fine-tuned or differently configured copy of a model
+    gets another fingerprint even when it was saved under the same path.
+    """
+    digest = hashlib.sha256()
+    for name, module in model.named_children():
+        config = module.get_config_dict() if hasattr(module, "get_config_dict") else {}
+        settings = {"name": name, "class": f"{type(module).__module__}.{type(module).__qualname__}", **config}
+        if hasattr(module, "max_seq_length"):
+            settings["max_seq_length"] = module.max_seq_length
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    hash_state_dict(digest, model)
     return digest.hexdigest()

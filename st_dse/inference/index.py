@@ -12,13 +12,12 @@ A saved index is a folder: ``candidate_index.json`` (settings and the student's 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,156 +25,25 @@ from sentence_transformers import SentenceTransformer
 from torch import Tensor
 
 from st_dse.data.pairs import check_pairs
-from st_dse.fingerprint import hash_state_dict
+from st_dse.fingerprint import model_fingerprint
+from st_dse.inference.index_files import (
+    CONFIG_NAME,
+    DEFAULT_PREFILTER_RERANK,
+    DEFAULT_RESCORE,
+    INDEX_FORMAT_VERSION,
+    read_saved,
+)
 from st_dse.inference.prefilter import PREFILTER_METRICS, Prefilter, PrefilterMetric
-from st_dse.inference.storage import REBUILD as REMEDY
+from st_dse.inference.scorer import HeadScorer, Precision
 from st_dse.inference.storage import StorageDtype, StoredMatrix
-from st_dse.integrity import CorruptFileError, VerifyMode, atomic_save_dir, recover_interrupted_save, verify_manifest
-from st_dse.modules.pair_head import PairHead, concat_logits
+from st_dse.integrity import VerifyMode, atomic_save_dir
+from st_dse.modules.pair_head import PairHead
 from st_dse.student import get_pair_head
 
 logger = logging.getLogger(__name__)
 
-Precision = Literal["float32", "bfloat16"]
-INDEX_FORMAT_VERSION = 1
-CONFIG_NAME = "candidate_index.json"
-# How many candidates the concat head rescores exactly after a faiss prefilter, and after a bfloat16 screen (whose
-# rounding error is small, so a short list suffices).
-DEFAULT_PREFILTER_RERANK = 1000
-DEFAULT_RESCORE = 100
 # Candidates per matrix product when chunk_size is not given: an accelerator wants far larger products than a CPU.
 DEFAULT_CHUNK_SIZE = {"cpu": 8192, "cuda": 65536}
-# Scores of at most this many (query, candidate) floats are held at once; bounds memory for big query batches.
-SCORE_BUFFER_ELEMENTS = 1 << 25
-LOAD_OVERRIDES = ("rerank_k", "rescore_k", "faiss_params", "precision", "chunk_size")
-
-
-def model_fingerprint(model: SentenceTransformer) -> str:
-    """A hex digest of everything that decides a student's embeddings and head scores.
-
-    It hashes every weight (name, dtype, shape, bytes) and each module's class and settings (pooling mode,
-    maximum sequence length, head config), so a further fine-tuned or differently configured copy of a model
-    gets another fingerprint even when it was saved under the same path.
-    """
-    digest = hashlib.sha256()
-    for name, module in model.named_children():
-        config = module.get_config_dict() if hasattr(module, "get_config_dict") else {}
-        settings = {"name": name, "class": f"{type(module).__module__}.{type(module).__qualname__}", **config}
-        if hasattr(module, "max_seq_length"):
-            settings["max_seq_length"] = module.max_seq_length
-        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    hash_state_dict(digest, model)
-    return digest.hexdigest()
-
-
-class HeadScorer:
-    """Exact head logits of queries against stored candidates, chunk by chunk, where the candidates are stored.
-
-    Concat head: per query and chunk, two ``(chunk, d) @ (d, hidden)`` products (see
-    :func:`st_dse.modules.pair_head.concat_hidden`). Factorized head: one ``(chunk, rank + 2) @ (rank + 2, queries)``
-    product over the stored candidate vectors. Queries must be float32 on the storage's device.
-    """
-
-    def __init__(
-        self,
-        head: PairHead,
-        label_index: int,
-        embeddings: StoredMatrix,
-        candidate_vectors: StoredMatrix | None,
-        chunk_size: int,
-    ) -> None:
-        self.head = head
-        self.label_index = label_index
-        self.embeddings = embeddings
-        self.candidate_vectors = candidate_vectors
-        self.chunk_size = chunk_size
-
-    def check_queries(self, query_embeddings: Tensor | np.ndarray) -> Tensor:
-        """Query embeddings as a float32 ``(num_queries, d)`` tensor on the storage's device."""
-        embeddings = torch.as_tensor(query_embeddings)
-        embeddings = embeddings[None] if embeddings.dim() == 1 else embeddings
-        if embeddings.dim() != 2 or embeddings.shape[-1] != self.head.in_features:
-            raise ValueError(
-                f"Query embeddings have dimension {embeddings.shape[-1]}, but this index's head expects "
-                f"{self.head.in_features}. Encode the queries with the same student model."
-            )
-        return embeddings.detach().to(self.embeddings.device, torch.float32)
-
-    @torch.inference_mode()
-    def compute_candidate_vectors(self) -> Tensor:
-        """Factorized head: the ranking label's candidate vectors ``(num_candidates, rank + 2)`` in float32."""
-        step, count = self.chunk_size, len(self.embeddings)
-        chunks = (self.embeddings.chunk(start, start + step) for start in range(0, count, step))
-        parts = [self.head.candidate_vectors(chunk)[:, self.label_index].float() for chunk in chunks]
-        return torch.cat(parts) if parts else torch.zeros((0, self.head.rank + 2))
-
-    def query_vectors(self, queries: Tensor) -> Tensor:
-        """Factorized head: the ranking label's query vectors ``(num_queries, rank + 2)`` in float32."""
-        return self.head.query_vectors(queries.to(next(self.head.parameters()).dtype))[:, self.label_index].float()
-
-    def chunk_scores(self, queries: Tensor, compute_dtype: torch.dtype | None = None) -> Iterator[Tensor]:
-        """Scores ``(num_queries, chunk)`` of consecutive candidate chunks; bfloat16 ``compute_dtype`` screens."""
-        count = len(self.embeddings)
-        if self.candidate_vectors is not None:
-            # A factorized chunk needs only (queries x chunk) floats of working memory: take bigger chunks.
-            query_vectors = self.query_vectors(queries).T.contiguous()
-            for start in range(0, count, 16 * self.chunk_size):
-                yield self.candidate_vectors.matmul(query_vectors, start, min(start + 16 * self.chunk_size, count)).T
-            return
-        for start in range(0, count, self.chunk_size):
-            candidates = self.embeddings.chunk(start, min(start + self.chunk_size, count))
-            yield torch.stack(
-                [concat_logits(self.head, query, candidates, self.label_index, compute_dtype) for query in queries]
-            )
-
-    def top_k(self, queries: Tensor, k: int, compute_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
-        """The ``k`` best scores and candidate ids ``(num_queries, k)`` of every candidate, best first."""
-        # Scores of a block of queries against all candidates are gathered, then one topk per block: cheaper than
-        # merging running top-k lists chunk by chunk, and the block size bounds the buffer.
-        count = len(self.embeddings)
-        block = max(1, SCORE_BUFFER_ELEMENTS // max(count, 1))
-        all_scores, all_ids = [], []
-        for block_queries in queries.split(block):
-            scores = torch.empty((len(block_queries), count), dtype=torch.float32, device=queries.device)
-            offset = 0
-            for chunk in self.chunk_scores(block_queries, compute_dtype):
-                scores[:, offset : offset + chunk.shape[1]] = chunk
-                offset += chunk.shape[1]
-            best_scores, best_ids = scores.topk(k, dim=1)
-            all_scores.append(best_scores)
-            all_ids.append(best_ids)
-        return torch.cat(all_scores), torch.cat(all_ids)
-
-    def scores_for(self, query: Tensor, ids: Tensor, compute_dtype: torch.dtype | None = None) -> Tensor:
-        """Scores ``(len(ids),)`` of one query against the candidates ``ids``."""
-        if self.candidate_vectors is not None:
-            return self.candidate_vectors.rows(ids) @ self.query_vectors(query[None])[0]
-        return concat_logits(self.head, query, self.embeddings.rows(ids), self.label_index, compute_dtype)
-
-    def rerank(
-        self, queries: Tensor, shortlist: Tensor, top_k: int, rescore_k: int | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Exact scores of each query's shortlisted ids (``-1`` = none), best ``top_k`` first (``-inf``/``-1`` pad).
-
-        With ``rescore_k``, a shortlist longer than ``max(rescore_k, top_k)`` is screened in bfloat16 first and only
-        its best are scored in float32.
-        """
-        scores_out = torch.full((len(queries), top_k), float("-inf"), device=queries.device)
-        ids_out = torch.full((len(queries), top_k), -1, dtype=torch.long, device=queries.device)
-        for row, query in enumerate(queries):
-            ids = shortlist[row].to(queries.device)
-            ids = torch.unique(ids[ids >= 0])
-            if len(ids) == 0:
-                continue
-            if rescore_k is not None and len(ids) > max(rescore_k, top_k):
-                screen = self.scores_for(query, ids, torch.bfloat16)
-                ids = ids[screen.topk(max(rescore_k, top_k)).indices]
-            scores = self.scores_for(query, ids)
-            k = min(top_k, len(ids))
-            best_scores, positions = scores.topk(k)
-            scores_out[row, :k] = best_scores
-            ids_out[row, :k] = ids[positions]
-        return scores_out, ids_out
 
 
 class CandidateIndex:
@@ -425,7 +293,7 @@ class CandidateIndex:
             CorruptFileError: a file is missing, damaged or from another save; the message names it.
             ValueError: ``model`` is not the model that built the index (its fingerprint differs).
         """
-        return cls(model, **_read_saved(Path(path), model, mmap, verify, _resolve_device(device), overrides))
+        return cls(model, **read_saved(Path(path), model, mmap, verify, _resolve_device(device), overrides))
 
 
 def _encode_queries(model: SentenceTransformer, queries, batch_size: int) -> Tensor | np.ndarray:
@@ -439,107 +307,6 @@ def _encode_queries(model: SentenceTransformer, queries, batch_size: int) -> Ten
     check_pairs(queries, queries, what="query")
     model.eval()
     return model.encode(queries, batch_size=batch_size, convert_to_tensor=True)
-
-
-def _read_saved(
-    directory: Path,
-    model: SentenceTransformer,
-    mmap: bool,
-    verify: VerifyMode,
-    device: torch.device,
-    overrides: dict[str, Any],
-) -> dict[str, Any]:
-    """The :class:`CandidateIndex` arguments that rebuild a saved index (checked, then read), with ``overrides``."""
-    unknown = set(overrides) - set(LOAD_OVERRIDES)
-    if unknown:
-        raise TypeError(f"load() can override only {sorted(LOAD_OVERRIDES)}, got {sorted(unknown)}.")
-    head = get_pair_head(model)
-    config = _read_config(directory, verify)
-    fingerprint = _check_fingerprint(directory, config, model)
-    dtype, count = config["storage_dtype"], config["num_candidates"]
-    embeddings = StoredMatrix.load(directory, "embeddings", dtype, (count, head.in_features), mmap, device)
-    vectors = prefilter = None
-    if head.head_type == "factorized":
-        vectors = StoredMatrix.load(directory, "candidate_vectors", dtype, (count, head.rank + 2), mmap, device)
-    settings = {**_search_settings(config), **overrides}
-    if config.get("faiss_index"):
-        spec, metric, params = config["faiss_index"], settings["prefilter_metric"], settings["faiss_params"]
-        prefilter = Prefilter.load(directory, spec, metric, params, head, count, mmap, device)
-    return {
-        "candidate_embeddings": embeddings,
-        "label_index": config["label_index"],
-        "fingerprint": fingerprint,
-        "device": device,
-        "_candidate_vectors": vectors,
-        "_prefilter": prefilter,
-        **settings,
-    }
-
-
-def _saved_files(config: dict[str, Any]) -> list[str]:
-    """Every file a saved index with this config consists of."""
-    files = [CONFIG_NAME, *StoredMatrix.file_names("embeddings", config["storage_dtype"])]
-    if config["head_type"] == "factorized":
-        files += StoredMatrix.file_names("candidate_vectors", config["storage_dtype"])
-    if config.get("faiss_index"):
-        files += Prefilter.file_names(config["head_type"], config["prefilter_metric"])
-    return files
-
-
-def _read_config(directory: Path, verify: VerifyMode) -> dict[str, Any]:
-    """The config of a saved index, after repairing an interrupted save and verifying every file it implies."""
-    if not directory.is_symlink() and not directory.is_file():  # a save into it may have been killed mid-swap
-        recover_interrupted_save(directory)
-    config_path = directory / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"{config_path} is missing: {directory} is not a saved CandidateIndex (or its save did not finish). "
-            "Build it with CandidateIndex.from_sentences(model, corpus).save(path)."
-        )
-    verify_manifest(directory, files=[CONFIG_NAME], verify=verify, remedy=REMEDY)
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CorruptFileError(
-            f"{config_path} is not a readable index config ({error}). {REMEDY}", config_path
-        ) from None
-    required = {"model_fingerprint", "num_candidates", "head_type", "label_index", "storage_dtype"}
-    missing = required - set(config) if isinstance(config, dict) else required
-    if missing:
-        raise CorruptFileError(f"{config_path} lacks the keys {sorted(missing)}. {REMEDY}", config_path)
-    if config.get("format_version", 0) > INDEX_FORMAT_VERSION:
-        raise ValueError(
-            f"{directory} was saved in index format {config['format_version']}, newer than the "
-            f"{INDEX_FORMAT_VERSION} this st_dse reads. Upgrade st_dse."
-        )
-    verified = verify_manifest(directory, files=_saved_files(config), verify=verify, remedy=REMEDY)
-    if not verified and verify != "none":
-        logger.warning("%s has no checksums.json (saved by an older st_dse?): its files were not verified.", directory)
-    return config
-
-
-def _search_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The search settings a saved config holds (with the defaults of settings older configs lack)."""
-    return {
-        "chunk_size": config.get("chunk_size"),
-        "prefilter_metric": config.get("prefilter_metric", "head"),
-        "rerank_k": config.get("rerank_k", DEFAULT_PREFILTER_RERANK),
-        "precision": config.get("precision", "float32"),
-        "rescore_k": config.get("rescore_k", DEFAULT_RESCORE),
-        "faiss_params": config.get("faiss_params"),
-    }
-
-
-def _check_fingerprint(directory: Path, config: dict[str, Any], model: SentenceTransformer) -> str:
-    fingerprint = model_fingerprint(model)
-    if fingerprint != config["model_fingerprint"]:
-        raise ValueError(
-            f"The index in {directory} was built with another model (fingerprint "
-            f"{config['model_fingerprint'][:12]}..., this model's is {fingerprint[:12]}...): its embeddings mean "
-            "nothing to this model's head. Load the student that built it, or rebuild the index with this model: "
-            "CandidateIndex.from_sentences(model, corpus)."
-        )
-    return fingerprint
 
 
 def _check_settings(

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from st_dse import build_student, get_pair_head
-from st_dse.inference.index import CandidateIndex, model_fingerprint
+from st_dse.fingerprint import model_fingerprint
+from st_dse.inference.index import CandidateIndex
 
 NUM_CANDIDATES = 60
 DIM = 384
