@@ -153,6 +153,32 @@ def label_with_teacher(
 
     if show_progress_bar is None:
         show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
+    known.update(_label_missing(cross_encoder, todo, cache, batch_size, chunk_size, show_progress_bar))
+    if cache is not None and merge:
+        # A complete run: fold the per-batch files (and earlier merged files) into one, so loading stays fast.
+        try:
+            cache.merge()
+        except OSError as error:  # e.g. a read-only shared cache that already held everything
+            logger.warning("Could not merge the teacher-logit cache files in %s: %s", cache.directory, error)
+
+    column = [known[key].tolist() for key in keys]
+    if output_column in dataset.column_names:
+        dataset = dataset.remove_columns(output_column)
+    # An empty column has no type to infer: give it the type of a filled one.
+    feature = None if column else datasets.Sequence(datasets.Value("float64"))
+    return dataset.add_column(output_column, column, feature=feature)
+
+
+def _label_missing(
+    cross_encoder: CrossEncoder,
+    todo: dict[bytes, tuple[str, str]],
+    cache: TeacherLogitCache | None,
+    batch_size: int,
+    chunk_size: int,
+    show_progress_bar: bool,
+) -> dict[bytes, np.ndarray]:
+    """The teacher's logits for the pairs in ``todo``, chunk by chunk, each chunk cached as soon as it is scored."""
+    known: dict[bytes, np.ndarray] = {}
     todo_keys = sorted(todo, key=lambda key: (-(len(todo[key][0]) + len(todo[key][1])), key))
     with tqdm(total=len(todo_keys), desc="Teacher labelling", unit="pair", disable=not show_progress_bar) as bar:
         for start in range(0, len(todo_keys), chunk_size):
@@ -167,19 +193,7 @@ def label_with_teacher(
                 cache.add(chunk_keys, logits)
             known.update(zip(chunk_keys, logits))
             bar.update(len(chunk_keys))
-    if cache is not None and merge:
-        # A complete run: fold the per-batch files (and earlier merged files) into one, so loading stays fast.
-        try:
-            cache.merge()
-        except OSError as error:  # e.g. a read-only shared cache that already held everything
-            logger.warning("Could not merge the teacher-logit cache files in %s: %s", cache.directory, error)
-
-    column = [known[key].tolist() for key in keys]
-    if output_column in dataset.column_names:
-        dataset = dataset.remove_columns(output_column)
-    # An empty column has no type to infer: give it the type of a filled one.
-    feature = None if column else datasets.Sequence(datasets.Value("float64"))
-    return dataset.add_column(output_column, column, feature=feature)
+    return known
 
 
 def _check_shard_arguments(shard_index: int | None, num_shards: int | None) -> None:
