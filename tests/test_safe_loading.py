@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -244,7 +246,7 @@ def test_router_module_class_from_folder(tiny_folders, tmp_path, loader):
 def test_router_dense_activation_is_checked_too(tiny_folders, tmp_path, monkeypatch):
     folder = copy_folder(tiny_folders, "router", tmp_path)
     marker = tmp_path / "marker"
-    monkeypatch.syspath_prepend(str(write_module_on_path(tmp_path, "evil_activation", marker)))
+    install_marker_module(monkeypatch, "evil_activation", marker)
     query = folder / "query_0_Transformer"
     shutil.rmtree(query)
     query.mkdir()
@@ -261,12 +263,19 @@ def test_router_dense_activation_is_checked_too(tiny_folders, tmp_path, monkeypa
 # ---------------------------------------------------------------- (e) Dense activation_function
 
 
-def write_module_on_path(tmp_path: Path, name: str, marker: Path) -> Path:
-    """A folder holding ``<name>.py`` (marker code), for monkeypatch.syspath_prepend."""
-    folder = tmp_path / "on_path"
-    folder.mkdir(exist_ok=True)
-    (folder / f"{name}.py").write_text(marker_code(marker, name))
-    return folder
+def install_marker_module(monkeypatch, name: str, marker: Path) -> None:
+    """An importable module ``name`` (as an installed package would be) that writes ``marker`` when anything in it is
+    looked up: loading a model must never reach into it. Registered in ``sys.modules`` for the test only."""
+
+    def lookup(attribute: str):
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+        marker.write_text(f"{name}.{attribute} was looked up")
+        return lambda *args, **kwargs: marker.write_text(f"{name}.{attribute} was called")
+
+    module = types.ModuleType(name)
+    module.__getattr__ = lookup
+    monkeypatch.setitem(sys.modules, name, module)
 
 
 @pytest.mark.parametrize("loader", LOADERS)
@@ -276,7 +285,7 @@ def test_dense_activation_function_importable(tiny_folders, tmp_path, loader, ac
     # which changes the embeddings silently; st_dse refuses instead.
     folder = copy_folder(tiny_folders, "dense", tmp_path)
     marker = tmp_path / "marker"
-    monkeypatch.syspath_prepend(str(write_module_on_path(tmp_path, "evil_activation", marker)))
+    install_marker_module(monkeypatch, "evil_activation", marker)
     edit_json(folder / "2_Dense" / "config.json", lambda config: config.update(activation_function=activation))
     found = ["2_Dense/config.json", "activation_function", activation]
     expect(check_no_code_runs(folder, marker, loader, found=found), loader, "refused")
@@ -304,7 +313,7 @@ def test_modules_json_foreign_type(tiny_folders, tmp_path, loader, where, monkey
     if where == "folder":
         (folder / "evil_module.py").write_text(marker_code(marker, "module"))
     elif where == "sys-path":
-        monkeypatch.syspath_prepend(str(write_module_on_path(tmp_path, "evil_module", marker)))
+        install_marker_module(monkeypatch, "evil_module", marker)
     else:  # an importable module under st_dse's name is not one of st_dse's module types
         class_ref = "st_dse.student.DSEStudent"
     modules = json.loads((folder / "modules.json").read_text())
