@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,15 @@ def students(tmp_path_factory, minilm_path) -> dict[str, SentenceTransformer]:
 
 
 def _is_sentence(value) -> bool:
-    return isinstance(value, str) and bool(value.strip())
+    """A string with a visible character: not only whitespace, control (Cc), format (Cf: zero-width) or surrogate
+    (Cs) characters, and encodable as UTF-8."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return any(not char.isspace() and unicodedata.category(char) not in {"Cc", "Cf", "Cs"} for char in value)
 
 
 # Text a user might pass: any unicode (control characters, combining marks, emoji, right-to-left), blank strings,
