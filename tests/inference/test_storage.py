@@ -82,3 +82,18 @@ def test_unreadable_or_misshapen_arrays_name_the_file(tmp_path, candidates):
         load_array(path, np.float32, (60, 16))
     with pytest.raises(CorruptFileError, match=r"missing\.npy is missing"):
         load_array(tmp_path / "missing.npy", np.float32, (60, 16))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+def test_tensor_backed_rows_read_like_numpy_backed(candidates, dtype, tmp_path):
+    # An accelerator keeps rows as a torch tensor; the same code path runs here with a CPU tensor.
+    stored = StoredMatrix.from_float(candidates, dtype)
+    backed = StoredMatrix(torch.from_numpy(stored.data.copy()), dtype, stored.scale, stored.center)
+    assert not backed.is_memory_mapped and backed.nbytes == stored.nbytes
+    ids = torch.tensor([3, 3, 59, 0])
+    torch.testing.assert_close(backed.rows(ids), stored.rows(ids))
+    right = torch.ones(16, 2)
+    torch.testing.assert_close(backed.matmul(right, 0, 60), stored.matmul(right, 0, 60))
+    np.testing.assert_array_equal(backed.to("cpu").to_float32(), stored.to_float32())
+    backed.save(tmp_path, "rows")
+    np.testing.assert_array_equal(np.load(tmp_path / "rows.npy"), stored.data)
