@@ -32,13 +32,19 @@ def test_int8_storage_error_is_bounded(candidates):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
-def test_from_chunks_stores_what_from_float_stores(candidates, dtype):
+def test_from_chunks_stores_what_from_float_stores(candidates, dtype, tmp_path):
     whole = StoredMatrix.from_float(candidates, dtype)
     chunked = StoredMatrix.from_chunks(lambda: (candidates[start : start + 7] for start in range(0, 60, 7)), dtype)
     np.testing.assert_array_equal(chunked.data, whole.data)
     if dtype == "int8":
         np.testing.assert_array_equal(chunked.scale, whole.scale)
         np.testing.assert_array_equal(chunked.center, whole.center)
+    on_disk = StoredMatrix.from_chunks(
+        lambda: iter([candidates[:30], candidates[30:]]), dtype, path=tmp_path / "x.npy"
+    )
+    assert on_disk.is_memory_mapped
+    np.testing.assert_array_equal(on_disk.data, whole.data)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), whole.data)
     with pytest.raises(ValueError, match="exceed the float16 range"):
         StoredMatrix.from_chunks(lambda: iter([np.full((2, 3), 1e5, dtype=np.float32)]), "float16")
 
