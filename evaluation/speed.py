@@ -433,7 +433,7 @@ def noisy_copies(pool: np.ndarray, size: int, noise: float, seed: int, chunk_row
     return chunks
 
 
-def benchmark_ten_million(args, data_dir: Path, cache_dir: Path) -> dict:
+def benchmark_ten_million(args, data_dir: Path, cache_dir: Path, output_dir: Path) -> dict:
     """One query against 10M int8 candidates via a PQ head-surrogate prefilter: latency, recall, RAM, build time."""
     queries, pool, texts, train, validation = benchmark_texts(data_dir, args)
     base = resolve_model_name(st_dse.DEFAULT_MODEL)
@@ -442,29 +442,58 @@ def benchmark_ten_million(args, data_dir: Path, cache_dir: Path) -> dict:
     embedding_of = {text: all_embeddings[row] for text, row in row_of.items()}
     pool_embeddings = all_embeddings[[row_of[text] for text in pool]]
     query_embeddings = torch.from_numpy(all_embeddings[[row_of[q] for q in queries]])
-    concat, accuracy = build_trained_student(base, "concat", 512, embedding_of, train, validation, args)
+    concat, accuracy = cached_concat_head(base, embedding_of, train, validation, args, cache_dir)
     fingerprint = model_fingerprint(concat)
     size, noise = args.ten_million_size, args.ten_million_noise
     logger.info("%d rows: %d distinct candidates repeated with noise %.3g x per-dimension std", size, len(pool), noise)
 
+    index_dir = Path(args.ten_million_index_dir) if args.ten_million_index_dir else None
+    build_file = index_dir.with_name(index_dir.name + ".build.json") if index_dir else None
     baseline_rss = rss_bytes()
-    with PeakMemory() as build_memory:
+    if index_dir is None or not (index_dir / "candidate_index.json").is_file():
+        # With an index folder, the int8 rows are built into a memory-mapped scratch file, the index is saved, and
+        # then opened from the folder as a user would: its rows are file pages, not process memory.
+        scratch = index_dir.with_name(index_dir.name + ".rows.npy") if index_dir is not None else None
+        with PeakMemory() as build_memory:
+            start = time.perf_counter()
+            rows = noisy_copies(pool_embeddings, size, noise, args.seed)
+            stored = StoredMatrix.from_chunks(rows, "int8", path=scratch)
+            storage_seconds = time.perf_counter() - start
+            logger.info("int8 storage of %d rows built in %.0f s", size, storage_seconds)
+            index = CandidateIndex(
+                concat,
+                stored,
+                faiss_index=args.ten_million_prefilter,
+                faiss_params=args.ten_million_params or None,
+                rerank_k=args.rerank_k,
+                precision="bfloat16",
+                fingerprint=fingerprint,
+            )
+            build_seconds = time.perf_counter() - start
+        logger.info("Index built in %.0f s (%.2f GB)", build_seconds, index.nbytes / 1e9)
+        build = {
+            "build_seconds": build_seconds,
+            "build_seconds_int8_storage": storage_seconds,
+            "build_seconds_prefilter": build_seconds - storage_seconds,
+            "rss_gb_before_build": baseline_rss / 1e9,
+            "rss_gb_after_build": rss_bytes() / 1e9,
+            "peak_rss_gb_during_build": build_memory.peak / 1e9,
+            "extra_rss_gb_held_by_index": (rss_bytes() - baseline_rss) / 1e9,
+            "peak_extra_rss_gb_during_build": (build_memory.peak - baseline_rss) / 1e9,
+        }
+        if index_dir is not None:
+            start = time.perf_counter()
+            index.save(index_dir)
+            build["save_seconds"] = time.perf_counter() - start
+            build_file.write_text(json.dumps(build, indent=2))
+            del index, stored
+            scratch.unlink()
+    if index_dir is not None:
         start = time.perf_counter()
-        stored = StoredMatrix.from_chunks(noisy_copies(pool_embeddings, size, noise, args.seed), "int8")
-        storage_seconds = time.perf_counter() - start
-        logger.info("int8 storage of %d rows built in %.0f s", size, storage_seconds)
-        index = CandidateIndex(
-            concat,
-            stored,
-            faiss_index=args.ten_million_prefilter,
-            faiss_params=args.ten_million_params or None,
-            rerank_k=args.rerank_k,
-            precision="bfloat16",
-            fingerprint=fingerprint,
-        )
-        build_seconds = time.perf_counter() - start
-    logger.info("Index built in %.0f s (%.2f GB)", build_seconds, index.nbytes / 1e9)
-    rss_after_build = rss_bytes()
+        index = CandidateIndex.load(index_dir, concat, faiss_params=args.ten_million_params or None)
+        build = {**json.loads(build_file.read_text()), "load_seconds_verify_full": time.perf_counter() - start}
+        logger.info("Opened the saved index %s in %.0f s (verified)", index_dir, build["load_seconds_verify_full"])
+    stored = index.embeddings
 
     timing_queries = queries[1 : args.recall_queries + 1]
     stats, _ = time_student(index, concat, timing_queries, len(timing_queries))
@@ -476,6 +505,8 @@ def benchmark_ten_million(args, data_dir: Path, cache_dir: Path) -> dict:
         "Median time per query %.1f ms (search %.1f ms)", stats["seconds"] * 1e3, stats["search_seconds"] * 1e3
     )
 
+    partial_file = output_dir / "ten_million.partial.json"
+    partial = {"model_fingerprint": fingerprint, "median_seconds_per_query": stats["seconds"], **build}
     recall_embeddings = query_embeddings[1 : args.recall_queries + 1]
     if args.ten_million_skip_recall:
         recall_embeddings = recall_embeddings[:0]
@@ -483,12 +514,19 @@ def benchmark_ten_million(args, data_dir: Path, cache_dir: Path) -> dict:
     exact = CandidateIndex(concat, stored, fingerprint=fingerprint)
     start = time.perf_counter()
     recalls = []
-    for row in range(len(recall_embeddings)):
+    if partial_file.is_file():  # a killed run's queries are not measured again
+        earlier = json.loads(partial_file.read_text())
+        if earlier.get("model_fingerprint") == fingerprint and earlier.get("rows") == size:
+            recalls = earlier["recalls"]
+    partial["rows"] = size
+    for row in range(len(recalls), len(recall_embeddings)):
         best_scores, _ = exact.search_embeddings(recall_embeddings[row : row + 1], TOP_K)
         returned_scores = exact.score_candidates(recall_embeddings[row : row + 1], returned[row : row + 1])[0]
         threshold = float(best_scores[0, -1])
         tolerance = 1e-4 * max(1.0, abs(threshold))
         recalls.append(float((returned_scores >= threshold - tolerance).float().sum() / TOP_K))
+        # Written after every query: the exhaustive reference takes an hour, and a killed run keeps what it measured.
+        partial_file.write_text(json.dumps({**partial, "recalls": recalls}, indent=2))
         logger.info(
             "Exhaustive reference, query %d: recall@10 %.2f (%.0f s so far)",
             row,
@@ -521,15 +559,23 @@ def benchmark_ten_million(args, data_dir: Path, cache_dir: Path) -> dict:
         "index_bytes": index.nbytes,
         "index_bytes_int8_embeddings": stored.nbytes,
         "index_bytes_prefilter": index.prefilter.nbytes,
-        "build_seconds": build_seconds,
-        "build_seconds_int8_storage": storage_seconds,
-        "build_seconds_prefilter": build_seconds - storage_seconds,
-        "rss_gb_before_build": baseline_rss / 1e9,
-        "rss_gb_after_build": rss_after_build / 1e9,
-        "peak_rss_gb_during_build": build_memory.peak / 1e9,
-        "extra_rss_gb_held_by_index": (rss_after_build - baseline_rss) / 1e9,
-        "peak_extra_rss_gb_during_build": (build_memory.peak - baseline_rss) / 1e9,
+        "rss_gb_during_timing": rss_bytes() / 1e9,
+        **build,
     }
+
+
+def cached_concat_head(base: str, embedding_of, train, validation, args, cache_dir: Path):
+    """The benchmark's trained concat head (hidden 512), fitted once and kept in ``cache_dir``, and its accuracy."""
+    path = cache_dir / f"concat-512-qqp-subset-seed{args.seed}-epochs{args.head_epochs}.pt"
+    if path.is_file():
+        student = st_dse.build_student(base, head_type="concat", hidden_dim=512, device="cpu")
+        saved = torch.load(path)
+        st_dse.get_pair_head(student).load_state_dict(saved["state_dict"])
+        return student, saved["accuracy"]
+    student, accuracy = build_trained_student(base, "concat", 512, embedding_of, train, validation, args)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": st_dse.get_pair_head(student).state_dict(), "accuracy": accuracy}, path)
+    return student, accuracy
 
 
 def benchmark_texts(data_dir: Path, args):
@@ -591,6 +637,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ten-million-prefilter", default="PQ384x4fs", help="faiss index of the head surrogate")
     parser.add_argument("--ten-million-params", default="", help="its faiss search parameters, e.g. nprobe=64")
     parser.add_argument(
+        "--ten-million-index-dir", help="save the built index here, and load it instead of building when it exists"
+    )
+    parser.add_argument(
         "--ten-million-skip-recall", action="store_true", help="time only: skip the (long) exhaustive reference"
     )
     parser.add_argument(
@@ -636,7 +685,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     started = time.perf_counter()
     if args.ten_million:
-        results["ten_million"] = benchmark_ten_million(args, data_dir, cache_dir)
+        results["ten_million"] = benchmark_ten_million(args, data_dir, cache_dir, output_dir)
         results["machine"]["load_average_end"] = os.getloadavg()
         results["wall_seconds"] = time.perf_counter() - started
         (output_dir / "ten_million.json").write_text(json.dumps(results, indent=2, default=float))

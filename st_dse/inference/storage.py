@@ -7,6 +7,7 @@ without first turning the whole matrix into float32.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -74,12 +75,15 @@ class StoredMatrix:
         return cls.from_chunks(lambda: iter([values]), dtype)
 
     @classmethod
-    def from_chunks(cls, chunks: Callable[[], Iterable[np.ndarray]], dtype: StorageDtype) -> StoredMatrix:
+    def from_chunks(
+        cls, chunks: Callable[[], Iterable[np.ndarray]], dtype: StorageDtype, path: str | os.PathLike | None = None
+    ) -> StoredMatrix:
         """Store the rows that ``chunks()`` yields, in order, without holding them all in float32 at once.
 
         ``chunks`` is called twice: once to learn the number of rows and each column's range, once to store them, so
         it must yield the same rows both times (e.g. regenerate them from a seed, or read them from a file). Peak
-        memory is the stored matrix plus one chunk.
+        memory is the stored matrix plus one chunk; with ``path`` the rows go to a new ``.npy`` file there instead,
+        memory-mapped, so that a corpus larger than memory can be stored (the file is the caller's to delete).
         """
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"storage_dtype must be one of {STORAGE_DTYPES}, got {dtype!r}.")
@@ -102,7 +106,10 @@ class StoredMatrix:
             center = ((low + high) / 2).astype(np.float32)
             # A constant column has no range; any positive scale reproduces it exactly from code 0.
             scale = np.where(high > low, (high - low) / 254, 1.0).astype(np.float32)
-        data = np.empty((rows, columns), dtype=NUMPY_DTYPES[dtype])
+        if path is None:
+            data = np.empty((rows, columns), dtype=NUMPY_DTYPES[dtype])
+        else:
+            data = np.lib.format.open_memmap(path, mode="w+", dtype=NUMPY_DTYPES[dtype], shape=(rows, columns))
         start = 0
         for chunk in chunks():
             chunk = np.asarray(chunk, dtype=np.float32)
@@ -112,6 +119,8 @@ class StoredMatrix:
             start += len(chunk)
         if start != rows:
             raise ValueError(f"chunks() yielded {rows} rows, then {start}: it must yield the same rows each time.")
+        if path is not None:
+            data.flush()
         return cls(data, dtype, scale, center)
 
     def to(self, device: str | torch.device) -> StoredMatrix:

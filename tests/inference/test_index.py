@@ -9,6 +9,7 @@ import torch
 from st_dse import build_student, get_pair_head
 from st_dse.fingerprint import model_fingerprint
 from st_dse.inference.index import CandidateIndex
+from st_dse.inference.storage import StoredMatrix
 
 NUM_CANDIDATES = 60
 DIM = 384
@@ -319,6 +320,24 @@ def test_saved_index_loads_onto_either_device(students, candidates, queries, tmp
         scores, ids = loaded.search_embeddings(queries, top_k=5)
         assert torch.equal(ids, expected[1])
         torch.testing.assert_close(scores, expected[0], atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head_type", ["concat", "factorized"])
+def test_tensor_backed_index_searches_and_saves_like_numpy_backed(students, candidates, queries, tmp_path, head_type):
+    # The accelerator code path (rows kept as a torch tensor), run on the CPU.
+    student = students[head_type]
+    reference = CandidateIndex(student, candidates, storage_dtype="int8", faiss_index="Flat", rerank_k=12)
+    stored = reference.embeddings
+    backed = StoredMatrix(torch.from_numpy(stored.data.copy()), "int8", stored.scale, stored.center)
+    index = CandidateIndex(student, backed, faiss_index="Flat", rerank_k=12, precision="float32")
+    assert isinstance(index.embeddings.data, torch.Tensor)
+    for top_k in (1, 5):
+        expected, got = reference.search_embeddings(queries, top_k), index.search_embeddings(queries, top_k)
+        assert torch.equal(got[1], expected[1])
+        torch.testing.assert_close(got[0], expected[0])
+    index.save(tmp_path / "index")
+    loaded = CandidateIndex.load(tmp_path / "index", student)
+    assert torch.equal(loaded.search_embeddings(queries, top_k=5)[1], reference.search_embeddings(queries, top_k=5)[1])
 
 
 @pytest.mark.slow

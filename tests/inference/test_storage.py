@@ -32,13 +32,19 @@ def test_int8_storage_error_is_bounded(candidates):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
-def test_from_chunks_stores_what_from_float_stores(candidates, dtype):
+def test_from_chunks_stores_what_from_float_stores(candidates, dtype, tmp_path):
     whole = StoredMatrix.from_float(candidates, dtype)
     chunked = StoredMatrix.from_chunks(lambda: (candidates[start : start + 7] for start in range(0, 60, 7)), dtype)
     np.testing.assert_array_equal(chunked.data, whole.data)
     if dtype == "int8":
         np.testing.assert_array_equal(chunked.scale, whole.scale)
         np.testing.assert_array_equal(chunked.center, whole.center)
+    on_disk = StoredMatrix.from_chunks(
+        lambda: iter([candidates[:30], candidates[30:]]), dtype, path=tmp_path / "x.npy"
+    )
+    assert on_disk.is_memory_mapped
+    np.testing.assert_array_equal(on_disk.data, whole.data)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), whole.data)
     with pytest.raises(ValueError, match="exceed the float16 range"):
         StoredMatrix.from_chunks(lambda: iter([np.full((2, 3), 1e5, dtype=np.float32)]), "float16")
 
@@ -82,3 +88,18 @@ def test_unreadable_or_misshapen_arrays_name_the_file(tmp_path, candidates):
         load_array(path, np.float32, (60, 16))
     with pytest.raises(CorruptFileError, match=r"missing\.npy is missing"):
         load_array(tmp_path / "missing.npy", np.float32, (60, 16))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+def test_tensor_backed_rows_read_like_numpy_backed(candidates, dtype, tmp_path):
+    # An accelerator keeps rows as a torch tensor; the same code path runs here with a CPU tensor.
+    stored = StoredMatrix.from_float(candidates, dtype)
+    backed = StoredMatrix(torch.from_numpy(stored.data.copy()), dtype, stored.scale, stored.center)
+    assert not backed.is_memory_mapped and backed.nbytes == stored.nbytes
+    ids = torch.tensor([3, 3, 59, 0])
+    torch.testing.assert_close(backed.rows(ids), stored.rows(ids))
+    right = torch.ones(16, 2)
+    torch.testing.assert_close(backed.matmul(right, 0, 60), stored.matmul(right, 0, 60))
+    np.testing.assert_array_equal(backed.to("cpu").to_float32(), stored.to_float32())
+    backed.save(tmp_path, "rows")
+    np.testing.assert_array_equal(np.load(tmp_path / "rows.npy"), stored.data)
