@@ -33,9 +33,12 @@ Usage:
 Gaussian noise up to 10M rows (``--ten-million-size``), stored as int8 in chunks, with a compressed prefilter over the
 head surrogate (faiss PQ fast-scan, 192 bytes a row, scanned in full). It reports the median latency of single
 held-out queries, recall@10 against exhaustive exact head scoring of all rows, the index's memory and the build
-time, in ``ten_million.json``:
+time, in ``ten_million.json``. With ``--ten-million-index-dir`` the built index is saved there and later runs load it
+instead of building; the exhaustive reference (about a minute a query) is written query by query to
+``ten_million.partial.json`` and a rerun resumes it:
 
-    python -m evaluation.speed --ten-million --threads 2 --output-dir /tmp/speed-10m
+    python -m evaluation.speed --ten-million --threads 2 --output-dir runs/speed-10m \\
+        --ten-million-index-dir runs/index-10m
 
 ``--students`` times only saved DSE students against each other (what a different pooling or head costs): one
 query against N cached candidates, query encoding included, exact float32 head, written to ``students.json``.
