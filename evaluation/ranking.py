@@ -28,7 +28,7 @@ import sentence_transformers
 import torch
 from sentence_transformers import CrossEncoder
 
-from st_dse.data import get_task, load_task
+from st_dse.data import TASKS, get_task, load_task
 from st_dse.data.pair_files import read_pair_file
 from st_dse.student import get_pair_head, load_student
 from st_dse.teacher import label_with_teacher
@@ -57,6 +57,17 @@ def dev_pairs(args: argparse.Namespace) -> datasets.Dataset:
         return read_pair_file(args.dev_file, args.sentence1_column, args.sentence2_column)
     task = get_task(args.task)
     return load_task(task, task.dev_split, args.data_dir)
+
+
+def task_name(name: str) -> str:
+    """An argparse ``type``: a registered task's name; an unknown one is refused naming the tasks there are."""
+    try:
+        return get_task(name).name
+    except ValueError:
+        known = ", ".join(TASKS)
+        raise argparse.ArgumentTypeError(
+            f"{name!r} is not a registered task ({known}); for your own pairs pass a file"
+        ) from None
 
 
 def logit_column(num_labels: int, label_names: list[str], label: str | None, who: str) -> int:
@@ -116,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--task", help="a registered task; its dev split gives queries and candidates")
+    source.add_argument("--task", type=task_name, help="a registered task; its dev split gives queries and candidates")
     source.add_argument("--dev-file", help="your own pairs (.csv, .tsv, .jsonl, .parquet) instead of --task")
     parser.add_argument("--sentence1-column", help="--dev-file column of the queries")
     parser.add_argument("--sentence2-column", help="--dev-file column of the candidates")
@@ -131,11 +142,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpu", action="store_true", help="run both models on the CPU")
     parser.add_argument("--output-dir", default="runs/ranking")
     args = parser.parse_args(argv)
-    if args.task:
-        try:
-            get_task(args.task)
-        except ValueError as error:
-            parser.error(str(error))
     if args.queries < 1 or args.k < 1:
         parser.error("--queries and --k must be >= 1")
     return args

@@ -29,6 +29,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from evaluation.mteb_data import SEMEVAL_STS_SOURCES, load_semeval_sts, resolve_data_dir
+from evaluation.ranking import task_name
 from st_dse.data import get_task, load_task
 from st_dse.data.pair_files import read_pair_file
 from st_dse.hub import resolve_model_name
@@ -146,19 +147,13 @@ def markdown_table(results: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--train-task", help="the registered task whose train split the models saw, e.g. stsb")
+    source.add_argument("--train-task", type=task_name, help="the task whose train split the models saw, e.g. stsb")
     source.add_argument("--train-file", help="or your own training pairs (.csv, .tsv, .jsonl, .parquet)")
     parser.add_argument("--models", nargs="+", required=True, help="SentenceTransformer folders or Hub ids")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="MTEB STS tasks")
     parser.add_argument("--data-dir", help="the data root holding senteval/ (default: $ST_DSE_DATA_DIR)")
     parser.add_argument("--output-dir", default="runs/sts-transfer")
-    args = parser.parse_args(argv)
-    if args.train_task:
-        try:
-            get_task(args.train_task)
-        except ValueError as error:
-            parser.error(str(error))
-    return args
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
