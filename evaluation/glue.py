@@ -33,7 +33,8 @@ from sentence_transformers import CrossEncoder
 from sklearn.linear_model import LogisticRegression
 
 import st_dse
-from st_dse.data import TASKS, TaskSpec, compute_metrics, get_task, load_task
+from evaluation.arguments import int_at_least, task_name
+from st_dse.data import TaskSpec, compute_metrics, get_task, load_task
 from st_dse.hub import DEFAULT_MODEL
 from st_dse.training import evaluate_cross_encoder, evaluate_student, relative_degradation
 
@@ -171,30 +172,6 @@ def summary_table(results: list[dict]) -> str:
         row = [result["task"], split, main, *cells, degradation_cell, gap]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
-
-
-def int_at_least(low: int):
-    """An argparse ``type``: an integer >= ``low``; argparse names the option in the one-line refusal."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-def task_name(text: str) -> str:
-    """An argparse ``type``: a task st_dse knows (its registry resolves aliases)."""
-    try:
-        get_task(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"unknown task {text!r}; known tasks: {', '.join(TASKS)}") from None
-    return text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -57,6 +57,7 @@ import warnings
 from datetime import date
 from pathlib import Path
 
+from evaluation.arguments import int_at_least
 from evaluation.mteb_data import LOCAL_ORGANISATION
 from st_dse.data import resolve_data_dir
 from st_dse.hub import DEFAULT_MODEL, DEFAULT_MODEL_ALIASES, resolve_model_name
@@ -64,21 +65,6 @@ from st_dse.hub import DEFAULT_MODEL, DEFAULT_MODEL_ALIASES, resolve_model_name
 SUMMARY_FILE = "st_dse_mteb_summary.json"
 
 logger = logging.getLogger("evaluation.mteb_sts")
-
-
-def int_at_least(low: int):
-    """An argparse ``type``: an integer >= ``low``; argparse names the option in the one-line refusal."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-
-    return parse
 
 
 def iso_date(text: str) -> str:

@@ -28,7 +28,8 @@ import sentence_transformers
 import torch
 from sentence_transformers import CrossEncoder
 
-from st_dse.data import TASKS, get_task, load_task
+from evaluation.arguments import task_name
+from st_dse.data import get_task, load_task
 from st_dse.data.pair_files import read_pair_file
 from st_dse.student import get_pair_head, load_student
 from st_dse.teacher import label_with_teacher
@@ -57,17 +58,6 @@ def dev_pairs(args: argparse.Namespace) -> datasets.Dataset:
         return read_pair_file(args.dev_file, args.sentence1_column, args.sentence2_column)
     task = get_task(args.task)
     return load_task(task, task.dev_split, args.data_dir)
-
-
-def task_name(name: str) -> str:
-    """An argparse ``type``: a registered task's name; an unknown one is refused naming the tasks there are."""
-    try:
-        return get_task(name).name
-    except ValueError:
-        known = ", ".join(TASKS)
-        raise argparse.ArgumentTypeError(
-            f"{name!r} is not a registered task ({known}); for your own pairs pass a file"
-        ) from None
 
 
 def logit_column(num_labels: int, label_names: list[str], label: str | None, who: str) -> int:

@@ -21,6 +21,7 @@ import platform
 import time
 from pathlib import Path
 
+from evaluation.arguments import int_at_least
 from evaluation.senteval_protocol import ALL_TASKS, DEFAULT_KFOLD, DEFAULT_SEED, results_to_markdown, run_senteval
 from st_dse.data import resolve_data_dir
 from st_dse.hub import resolve_model_name
@@ -33,21 +34,6 @@ def default_data_dir() -> str | None:
     """SentEval's data folder under $ST_DSE_DATA_DIR, or None."""
     root = resolve_data_dir(None)
     return None if root is None else str(root / "senteval" / "data")
-
-
-def int_at_least(low: int):
-    """An argparse ``type``: an integer >= ``low``; argparse names the option in the one-line refusal."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-
-    return parse
 
 
 def int_in_range(low: int, high: int):

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from evaluation.arguments import task_name
 from evaluation.mteb_data import SEMEVAL_STS_SOURCES, load_semeval_sts, resolve_data_dir
-from evaluation.ranking import task_name
 from st_dse.data import get_task, load_task
 from st_dse.data.pair_files import read_pair_file
 from st_dse.hub import resolve_model_name
