@@ -20,10 +20,10 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Dense, Router, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
-from transformers import AutoTokenizer, BertConfig, BertModel
 
 import st_dse
 from st_dse.student import DSEStudent
+from tests.test_reliability import build_tiny_encoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -34,23 +34,6 @@ LOADERS: dict[str, Callable[[str], object]] = {
     "SentenceTransformer": SentenceTransformer,
 }
 ST_DSE_LOADERS = ("load_student", "load_model", "DSEStudent")
-
-
-def build_tiny_encoder(folder: Path, minilm_path: str) -> Path:
-    """A 1-layer, 16-dimensional BERT with MiniLM's tokenizer: loads in a fraction of a second."""
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
