@@ -22,7 +22,7 @@ from torch import Tensor
 
 from st_dse.data import check_pairs
 from st_dse.fingerprint import model_fingerprint
-from st_dse.inference.prefilter import PREFILTER_METRICS, Prefilter, PrefilterMetric
+from st_dse.inference.prefilter import FAISS_NAME, PREFILTER_METRICS, Prefilter, PrefilterMetric
 from st_dse.inference.scoring import int_at_least, one_of
 from st_dse.inference.storage import REBUILD, StorageDtype, StoredMatrix, corrupt
 from st_dse.integrity import VerifyMode, atomic_save_dir, recover_interrupted_save, verify_manifest
@@ -120,10 +120,9 @@ class CandidateIndex:
                 parts = [self.head.candidate_vectors(chunk)[:, self.label_index].float() for chunk in chunks]
             vectors = torch.cat(parts) if parts else torch.zeros((0, head.rank + 2))
             self.candidate_vectors = StoredMatrix.from_float(vectors, self.storage_dtype).to(device)
-        if faiss_index is not None:
-            self.prefilter = Prefilter.build(
-                faiss_index, prefilter_metric, None, self.head, self.embeddings, self.candidate_vectors
-            )
+        if faiss_index is not None:  # a factorized head's logit is the inner product of its head vectors
+            metric = "inner_product" if head.head_type == "factorized" else prefilter_metric
+            self.prefilter = Prefilter.build(faiss_index, metric, self._prefilter_source())
 
     def _assemble(self, model, embeddings: StoredMatrix, label_index: int, fingerprint: str, settings) -> None:
         head, device = get_pair_head(model), embeddings.device
@@ -254,6 +253,9 @@ class CandidateIndex:
         _check_dimension("Query", "queries", tuple(embeddings.shape), self.head.in_features)
         return embeddings.detach().to(self.device, torch.float32)
 
+    def _prefilter_source(self) -> StoredMatrix:
+        return self.embeddings if self.candidate_vectors is None else self.candidate_vectors
+
     def _step(self) -> int:
         return self.chunk_size or DEFAULT_CHUNK_SIZE.get(self.device.type, DEFAULT_CHUNK_SIZE["cuda"])
 
@@ -379,7 +381,7 @@ class CandidateIndex:
             index.candidate_vectors = StoredMatrix.load(directory, "candidate_vectors", dtype, shape, mmap, device)
         if config["faiss_index"]:
             params = config["faiss_params"] if faiss_params is None else faiss_params
-            index.prefilter = Prefilter.load(directory, config, index.head, params, mmap, device)
+            index.prefilter = Prefilter.load(directory, config, index._prefilter_source(), params, mmap)
         return index
 
 
@@ -399,7 +401,7 @@ def _read_config(directory: Path, verify: VerifyMode) -> dict[str, Any]:
         files = [CONFIG_NAME, *StoredMatrix.file_names("embeddings", config["storage_dtype"])]
         if config["head_type"] == "factorized":
             files += StoredMatrix.file_names("candidate_vectors", config["storage_dtype"])
-        files += Prefilter.file_names(config["prefilter_metric"]) if config["faiss_index"] else []
+        files += [FAISS_NAME] if config["faiss_index"] else []
         version = itemgetter(*CONFIG_KEYS)(config)[0]  # a KeyError when a setting is missing
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise corrupt(path, f"is not a readable index config ({error!r})") from None

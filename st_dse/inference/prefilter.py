@@ -18,13 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from st_dse.inference.storage import StoredMatrix, corrupt, load_array
+from st_dse.inference.storage import StoredMatrix, corrupt
 from st_dse.modules.pair_head import PairHead, concat_hidden, concat_weight_blocks
 
 PrefilterMetric = Literal["head", "cosine", "inner_product", "l2"]
 PREFILTER_METRICS = ("head", "cosine", "inner_product", "l2")
 FAISS_NAME = "faiss.index"
-SURROGATE_NAMES = ("surrogate_reference.npy", "surrogate_scale.npy")
 # Candidates whose hidden-unit activity sets the surrogate's gates.
 SURROGATE_REFERENCE_SIZE = 1024
 # Candidates a faiss index is trained on (IVF centroids, quantiser codebooks), and added per call.
@@ -39,7 +38,8 @@ class HeadSurrogate:
     unit's ReLU is replaced by how often that unit is active over a reference sample of the candidates (so the head
     becomes linear in ``v`` and ``|u - v|``), and ``|x|`` by the parabola ``x^2 / (2c)`` fitted to the candidates'
     typical ``|v - v'|`` per dimension ``c``. What remains is an inner product of a query vector ``q(u)`` with
-    ``[v, v * v]``, which faiss can search; the index then rescores the shortlist exactly.
+    ``[v, v * v]``, which faiss can search; the index then rescores the shortlist exactly. The surrogate is a
+    function of the stored candidates (:meth:`fit`), so a loaded index fits it again rather than saving it.
 
     Args:
         reference: ``(m, d)`` candidate embeddings, an evenly spread sample of the corpus.
@@ -83,39 +83,20 @@ class HeadSurrogate:
             vectors.append(torch.cat([linear - absolute * query / scale, absolute / (2 * scale)])[None])
         return torch.cat(vectors).float()
 
-    def save(self, directory: Path) -> None:
-        for name, values in zip(SURROGATE_NAMES, (self.reference, self.scale)):
-            np.save(directory / name, values.cpu().numpy())
-
-    @classmethod
-    def load(cls, directory: Path, in_features: int, device: torch.device | str) -> HeadSurrogate:
-        shapes = ((None, in_features), (in_features,))
-        reference, scale = (
-            torch.from_numpy(load_array(directory / name, np.float32, shape)).to(device)
-            for name, shape in zip(SURROGATE_NAMES, shapes)
-        )
-        return cls(reference, scale)
-
 
 class Prefilter:
-    """A faiss index over a CandidateIndex's candidates: builds it, searches it, saves it.
+    """A faiss index over a CandidateIndex's candidates (its embeddings, or a factorized head's candidate vectors).
 
     Args:
         index: The faiss index.
         spec: Its ``faiss.index_factory`` string, e.g. ``"Flat"``, ``"IVF1024,PQ384x4fs"``, ``"HNSW32"``.
-        metric: What the index ranks by: ``"head"`` (the :class:`HeadSurrogate` of a concat head), ``"cosine"``,
-            ``"inner_product"`` or ``"l2"`` on the embeddings, or ``"inner_product"`` of a factorized head's vectors.
+        metric: What it ranks by: ``"head"`` (the :class:`HeadSurrogate`), ``"cosine"``, ``"inner_product"``, ``"l2"``.
         params: faiss search parameters, e.g. ``"nprobe=64"`` or ``"efSearch=512"``.
         surrogate: The head surrogate, for ``metric="head"``.
     """
 
     def __init__(
-        self,
-        index: Any,
-        spec: str,
-        metric: PrefilterMetric,
-        params: str | None = None,
-        surrogate: HeadSurrogate | None = None,
+        self, index: Any, spec: str, metric: str, params: str | None, surrogate: HeadSurrogate | None
     ) -> None:
         self.index, self.spec, self.metric, self.surrogate = index, spec, metric, surrogate
         self.set_params(params)
@@ -133,21 +114,10 @@ class Prefilter:
         self.params = params
 
     @classmethod
-    def build(
-        cls,
-        spec: str,
-        metric: PrefilterMetric,
-        params: str | None,
-        head: PairHead,
-        embeddings: StoredMatrix,
-        candidate_vectors: StoredMatrix | None = None,
-    ) -> Prefilter:
-        """Train (on an evenly spread sample) and fill a faiss index over the candidates, in chunks."""
+    def build(cls, spec: str, metric: PrefilterMetric, source: StoredMatrix) -> Prefilter:
+        """Train (on an evenly spread sample) and fill a faiss index over the rows of ``source``, in chunks."""
         faiss = faiss_module()
-        source = embeddings
-        if head.head_type == "factorized":  # the inner product of head vectors is the logit
-            source, metric = candidate_vectors, "inner_product"
-        surrogate = HeadSurrogate.fit(embeddings) if metric == "head" else None
+        surrogate = HeadSurrogate.fit(source) if metric == "head" else None
         dim = source.shape[1] * (2 if surrogate is not None else 1)
         try:
             index = faiss.index_factory(dim, spec, faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
@@ -159,12 +129,10 @@ class Prefilter:
             index.train(prefilter.candidate_side(source.rows(sample)))
         for start in range(0, len(source), ADD_CHUNK_ROWS):
             index.add(prefilter.candidate_side(source.chunk(start, start + ADD_CHUNK_ROWS)))
-        prefilter.set_params(params)
         return prefilter
 
-    def search(self, head: PairHead, label_index: int, query_embeddings: Tensor, k: int) -> Tensor:
+    def search(self, head: PairHead, label_index: int, queries: Tensor, k: int) -> Tensor:
         """The ``k`` best candidate ids ``(num_queries, k)`` per query, on the CPU; ``-1`` where there are fewer."""
-        queries = query_embeddings
         if head.head_type == "factorized":
             queries = head.query_vectors(queries.to(next(head.parameters()).dtype))[:, label_index]
         elif self.surrogate is not None:
@@ -188,39 +156,18 @@ class Prefilter:
         hnsw = getattr(index, "hnsw", None)
         codes = index if hnsw is None else faiss.downcast_index(index.storage)
         total = index.ntotal * codes.sa_code_size() + (0 if hnsw is None else hnsw.neighbors.size() * 4)
-        if faiss.try_extract_index_ivf(index) is not None:
-            total += index.ntotal * 8
-        if self.surrogate is not None:
-            total += (self.surrogate.reference.numel() + self.surrogate.scale.numel()) * 4
-        return int(total)
-
-    @staticmethod
-    def file_names(metric: PrefilterMetric) -> list[str]:
-        """The files :meth:`save` writes for a prefilter of this metric."""
-        return [FAISS_NAME, *(SURROGATE_NAMES if metric == "head" else ())]
+        total += index.ntotal * 8 if faiss.try_extract_index_ivf(index) is not None else 0
+        surrogate = self.surrogate
+        return int(total + (0 if surrogate is None else (surrogate.reference.numel() + surrogate.scale.numel()) * 4))
 
     def save(self, directory: Path) -> None:
         faiss_module().write_index(self.index, str(directory / FAISS_NAME))
-        if self.surrogate is not None:
-            self.surrogate.save(directory)
 
     @classmethod
-    def load(
-        cls,
-        directory: Path,
-        config: dict[str, Any],
-        head: PairHead,
-        params: str | None,
-        mmap: bool = True,
-        device: torch.device | str = "cpu",
-    ) -> Prefilter:
-        """Read a prefilter written by :meth:`save` (the faiss index memory-mapped where its type allows).
-
-        A damaged ``faiss.index`` (unreadable, or another number or size of vectors than ``config`` says) or
-        surrogate file raises a :class:`~st_dse.integrity.CorruptFileError` naming it.
-        """
-        faiss = faiss_module()
-        path = directory / FAISS_NAME
+    def load(cls, directory: Path, config: dict[str, Any], source: StoredMatrix, params: str | None, mmap: bool):
+        """Read a prefilter that :meth:`save` wrote for ``source`` (memory-mapped where the faiss index type allows);
+        a damaged ``faiss.index`` (unreadable, or other vectors than ``source``) raises a CorruptFileError for it."""
+        faiss, path = faiss_module(), directory / FAISS_NAME
         try:
             try:
                 index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
@@ -228,16 +175,15 @@ class Prefilter:
                 index = faiss.read_index(str(path))
         except RuntimeError as error:
             raise corrupt(path, f"is not a readable faiss index ({error})") from None
-        metric, surrogate = config["prefilter_metric"], None
-        if metric == "head":
-            surrogate = HeadSurrogate.load(directory, head.in_features, device)
-        dim = head.rank + 2 if head.head_type == "factorized" else head.in_features * (2 if surrogate else 1)
-        if (index.ntotal, index.d) != (config["num_candidates"], dim):
+        metric = config["prefilter_metric"]
+        dim = source.shape[1] * (2 if metric == "head" else 1)
+        if (index.ntotal, index.d) != (len(source), dim):
             raise corrupt(
                 path,
-                f"holds {index.ntotal} vectors of dimension {index.d}, but the index config implies "
-                f"{config['num_candidates']} of dimension {dim}: the folder mixes files from different saves",
+                f"holds {index.ntotal} vectors of dimension {index.d}, but the index config implies {len(source)} of "
+                f"dimension {dim}: the folder mixes files from different saves",
             )
+        surrogate = HeadSurrogate.fit(source) if metric == "head" else None
         return cls(index, config["faiss_index"], metric, params, surrogate)
 
 
