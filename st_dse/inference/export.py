@@ -1,14 +1,9 @@
-"""Export a DSE student to ONNX as two graphs: the sentence encoder and the pair head.
+"""Export a DSE student to ONNX as two graphs, the sentence encoder and the pair head, and run them with onnxruntime.
 
-:func:`export_onnx` writes ``encoder.onnx`` (token ids -> sentence embedding, pooling included) and
-``pair_head.onnx`` (two embeddings -> logits) with the tokenizer files and an ``onnx_config.json``. Splitting the
-two keeps DSE's point: candidates are encoded once (their encoder outputs cached anywhere), and each query costs one
-encoder run plus the head over the cached embeddings. :class:`OnnxStudent` runs the exported folder with
-onnxruntime and the saved tokenizer: torch computes nothing at inference time, though importing st_dse still
-imports it. The folder holds standard ONNX graphs and tokenizer files, so a server without torch can run them with
-onnxruntime and ``tokenizers`` alone, as :class:`OnnxStudent` does.
-
-Needs the ``onnx`` extra: ``pip install "st_dse[onnx]"`` (onnx, onnxruntime).
+Two graphs keep DSE's point: candidates are encoded once, and a query costs one encoder run plus the head over the
+cached embeddings. :class:`OnnxStudent` computes with onnxruntime and the saved tokenizer only (importing st_dse still
+imports torch; the folder's standard ONNX and tokenizer files also run without it).
+Needs ``pip install "st_dse[onnx]"``.
 """
 
 from __future__ import annotations
@@ -85,15 +80,10 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names
 
 
 def export_onnx(model: SentenceTransformer, output_dir: str | os.PathLike, opset: int = 17) -> Path:
-    """Export a student to ``output_dir`` (created if needed) for onnxruntime; return the folder.
-
-    Writes ``encoder.onnx`` (``input_ids``, ``attention_mask`` and, when the tokenizer makes them,
-    ``token_type_ids`` ``-> sentence_embedding``: the embedding ``model.encode()`` gives, pooling included, and the
-    Normalize module only when the model has one; batch and sequence axes dynamic), ``pair_head.onnx``
-    (``embeddings1``, ``embeddings2`` ``(batch, dim)`` each ``-> logits`` ``(batch, num_labels)``, the PairHead's raw
-    output), the tokenizer files and ``onnx_config.json`` (max_seq_length, input and output names, the head's
-    config). The graphs see token ids, so prompts (``model.prompts``) are not applied: prepend them to the text.
-    """
+    """Write ``encoder.onnx`` (token ids ``-> sentence_embedding``, what ``model.encode()`` gives), ``pair_head.onnx``
+    (``embeddings1``, ``embeddings2`` ``-> logits``, the PairHead's raw output), the tokenizer files and
+    ``onnx_config.json`` into ``output_dir``; return the folder. Batch (and sequence) axes are dynamic. The graphs
+    see token ids, so prompts (``model.prompts``) are not applied: prepend them to the text."""
     head = get_pair_head(model)
     # The head passes features through, so the encoder is every other module, in order.
     modules = [module for module in model if module is not head]

@@ -65,7 +65,7 @@ class CandidateIndex:
             the CPU whatever ``device`` is; set its search parameters with :attr:`faiss_params`. Needs
             ``pip install faiss-cpu``.
         prefilter_metric: What a concat prefilter ranks by: ``"head"`` (default), a linear surrogate of the head
-            (see :meth:`surrogate_query_vectors`); or ``"cosine"``, ``"inner_product"``, ``"l2"`` on the embeddings.
+            (:class:`~st_dse.inference.prefilter.HeadSurrogate`); or ``"cosine"``, ``"inner_product"``, ``"l2"``.
         rerank_k: How many prefiltered candidates a concat head scores (default 1000).
         rescore_k: Concat head: screen the candidates (all, or the prefilter's) with bfloat16 products and rescore
             the best ``rescore_k`` (100 is a good start) in float32. None (default): float32 only.
@@ -237,13 +237,6 @@ class CandidateIndex:
         queries = self._queries(query_embeddings)
         ids = torch.as_tensor(candidate_ids, dtype=torch.long).reshape(len(queries), -1).to(self.device)
         return torch.stack([self._scores_for(query, ids[row]) for row, query in enumerate(queries)]).cpu()
-
-    @torch.inference_mode()
-    def surrogate_query_vectors(self, query_embeddings: Tensor | np.ndarray) -> Tensor:
-        """Concat head with a ``prefilter_metric="head"`` prefilter: the vectors ``(num_queries, 2d)`` it searches
-        ``[v, v * v]`` with; see :class:`~st_dse.inference.prefilter.HeadSurrogate`."""
-        queries = self._queries(query_embeddings)
-        return self.prefilter.surrogate.query_vectors(self.head, self.label_index, queries).cpu()
 
     # -- exact scoring of the stored rows, chunk by chunk, where they are stored --------------------------------------
 

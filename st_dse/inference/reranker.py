@@ -1,11 +1,4 @@
-"""A drop-in replacement for :class:`~sentence_transformers.CrossEncoder` ``predict``/``rank`` backed by a DSE student.
-
-:class:`DSEReranker` wraps a student (a SentenceTransformer with a :class:`~st_dse.PairHead`) behind the same
-``predict`` and ``rank`` methods, arguments, defaults and return types as the installed CrossEncoder, so code
-written for a cross-encoder reranker runs unchanged on the (much faster) student. Each pair is scored as
-:func:`st_dse.score_pairs` scores it (the head on the two sentence embeddings), then passed through the
-activation, exactly where CrossEncoder applies its own.
-"""
+"""DSEReranker: CrossEncoder's ``predict`` and ``rank`` (arguments, defaults, return types) on a DSE student."""
 
 from __future__ import annotations
 
@@ -29,13 +22,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DSEReranker"]
 
-DEFAULT_CACHE_SIZE = 100_000
 # Pairs scored by the head at a time: bounds the (pairs, 4 * dim) input of the concat head.
 HEAD_CHUNK_SIZE = 8192
 
 
 class DSEReranker:
-    """A DSE student with CrossEncoder's ``predict`` and ``rank``: a drop-in, faster reranker.
+    """A DSE student with CrossEncoder's ``predict`` and ``rank``: code written for a cross-encoder reranker runs
+    unchanged on the (much faster) student.
 
     Scores are the student's head logits (what :func:`st_dse.score_pairs` returns) passed through
     ``activation_fn``. Like CrossEncoder, the default activation is :class:`torch.nn.Sigmoid` for a one-logit binary
@@ -57,24 +50,15 @@ class DSEReranker:
     # One pair (["q", "d"]) rather than a batch of pairs, exactly as CrossEncoder tells them apart.
     is_singular_input = CrossEncoder.is_singular_input
 
-    def __init__(
-        self, model: SentenceTransformer, activation_fn: Callable | None = None, cache_size: int = DEFAULT_CACHE_SIZE
-    ) -> None:
+    def __init__(self, model: SentenceTransformer, activation_fn: Callable | None = None, cache_size: int = 100_000):
         self.cache_size = int_at_least("cache_size", cache_size, minimum=0)
-        self.model = model
-        self.head = get_pair_head(model)
+        self.model, self.head = model, get_pair_head(model)
         self.cache: OrderedDict[str, Tensor] = OrderedDict()
         self.cache_lock = threading.Lock()
         self.activation_fn = activation_fn if activation_fn is not None else self.get_default_activation_fn()
 
     @classmethod
-    def from_pretrained(
-        cls,
-        model_name_or_path: str,
-        activation_fn: Callable | None = None,
-        cache_size: int = DEFAULT_CACHE_SIZE,
-        **kwargs,
-    ) -> DSEReranker:
+    def from_pretrained(cls, model_name_or_path: str, activation_fn=None, cache_size=100_000, **kwargs) -> DSEReranker:
         """Load a saved student with :func:`st_dse.load_student` (``kwargs`` go there) and wrap it."""
         return cls(load_student(model_name_or_path, **kwargs), activation_fn=activation_fn, cache_size=cache_size)
 
@@ -87,10 +71,6 @@ class DSEReranker:
     @property
     def num_labels(self) -> int:
         return self.head.num_labels
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
 
     @property
     def max_length(self) -> int | None:

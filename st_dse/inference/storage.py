@@ -228,21 +228,19 @@ class StoredMatrix:
         return cls(data, dtype, *maps).to(device)
 
 
-def load_array(path: Path, dtype: type | np.dtype, shape: tuple[int | None, ...], mmap: bool = False) -> np.ndarray:
-    """An ``.npy`` array of ``dtype`` and ``shape`` (``None`` = any size), or a :class:`CorruptFileError` naming
-    ``path``: missing, unreadable (truncated, not an ``.npy`` file) or another dtype or shape."""
+def load_array(path: Path, dtype: type | np.dtype, shape: tuple[int, ...], mmap: bool = False) -> np.ndarray:
+    """An ``.npy`` array of ``dtype`` and ``shape``, or a :class:`CorruptFileError` naming ``path``: missing,
+    unreadable (truncated, not an ``.npy`` file) or another dtype or shape."""
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         missing = isinstance(error, FileNotFoundError)
         problem = f"is not a readable .npy array ({error}): the file is damaged (truncated?)"
         raise corrupt(path, "is missing: the saved folder is incomplete" if missing else problem) from None
-    fits = len(array.shape) == len(shape) and all(want in (None, got) for want, got in zip(shape, array.shape))
-    if array.dtype != np.dtype(dtype) or not fits:
-        wanted = "(" + ", ".join("any" if size is None else str(size) for size in shape) + ")"
+    if array.dtype != np.dtype(dtype) or array.shape != tuple(shape):
         raise corrupt(
             path,
-            f"holds {array.dtype} values of shape {tuple(array.shape)}, but {np.dtype(dtype)} of shape {wanted} were "
+            f"holds {array.dtype} values of shape {array.shape}, but {np.dtype(dtype)} of shape {tuple(shape)} were "
             "expected: the folder mixes files from different saves",
         )
     return array

@@ -164,7 +164,7 @@ def test_head_surrogate_prefilter(minilm_path, candidates, queries, precision):
     scores, ids = index.search_embeddings(queries, top_k=5)
     exact = brute_force_scores(student, queries, candidates)
     torch.testing.assert_close(scores, exact.gather(1, ids), atol=1e-4, rtol=1e-5)
-    assert index.surrogate_query_vectors(queries).shape == (3, 2 * DIM)
+    assert index.prefilter.surrogate.query_vectors(index.head, 0, queries).shape == (3, 2 * DIM)
 
     # A head whose hidden units are always active and that ignores |u - v| is linear in v: the surrogate is then
     # exact up to a per-query constant, so a shortlist of exactly top_k candidates already holds the true top k.
@@ -175,7 +175,7 @@ def test_head_surrogate_prefilter(minilm_path, candidates, queries, precision):
     linear_index = CandidateIndex(student, candidates, faiss_index="Flat", rerank_k=5)
     exact = brute_force_scores(student, queries, candidates)
     surrogate = (
-        linear_index.surrogate_query_vectors(queries)
+        linear_index.prefilter.surrogate.query_vectors(index.head, 0, queries)
         @ torch.from_numpy(np.concatenate([candidates, candidates**2], axis=1)).T
     )
     offsets = exact - surrogate
