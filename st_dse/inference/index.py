@@ -1,8 +1,4 @@
-"""CandidateIndex: a corpus encoded once by a DSE student, searched with the student's PairHead.
-
-A cross-encoder runs once per (query, candidate) pair. A DSE student encodes each candidate once, ahead of time; a
-query then costs one encode plus the small PairHead over the cached embeddings, run as a few large matrix products.
-"""
+"""CandidateIndex: a corpus encoded once by a DSE student, searched with the student's PairHead."""
 
 from __future__ import annotations
 
@@ -46,6 +42,7 @@ SCORE_BUFFER_ELEMENTS = 1 << 25
 class CandidateIndex:
     """Candidates encoded once; queries scored against all of them with the student's PairHead, top-k returned.
 
+    A query costs one encode plus the small head over the cached embeddings (a cross-encoder would run once per pair).
     Exact by default: the head scores every candidate, ``chunk_size`` per matrix product. A faiss prefilter makes it
     approximate: the head then scores only a shortlist. Scores are always the head's exact logits of the stored
     candidates. A saved index is a folder: ``candidate_index.json`` (settings, the student's fingerprint), ``.npy``
@@ -56,24 +53,20 @@ class CandidateIndex:
         candidate_embeddings: ``(num_candidates, dim)`` embeddings from ``model.encode`` (see :meth:`from_sentences`),
             or a :class:`~st_dse.inference.storage.StoredMatrix` (e.g. built with ``StoredMatrix.from_chunks``).
         label_index: Which logit ranks candidates; required when the head has several labels.
-        chunk_size: Candidates per matrix product, which bounds working memory (default 8192 on a CPU, 65536 on an
-            accelerator).
+        chunk_size: Candidates per matrix product: bounds working memory (default 8192 on a CPU, 65536 on a GPU).
         storage_dtype: ``"float32"`` (exact), ``"float16"`` or ``"int8"`` (4x smaller; per-dimension quantisation).
         faiss_index: A faiss ``index_factory`` string. Concat head: a prefilter (``"Flat"``, ``"PQ384x4fs"``,
             ``"IVF1024,PQ384x4fs"``, ``"HNSW32"``...) whose best ``rerank_k`` candidates the head scores. Factorized
             head: an inner-product index over the candidate-side head vectors (``"Flat"`` is exact). faiss runs on
-            the CPU whatever ``device`` is; set its search parameters with :attr:`faiss_params`. Needs
-            ``pip install faiss-cpu``.
+            the CPU; its search parameters are :attr:`faiss_params`. Needs ``pip install faiss-cpu``.
         prefilter_metric: What a concat prefilter ranks by: ``"head"`` (default), a linear surrogate of the head
             (:class:`~st_dse.inference.prefilter.HeadSurrogate`); or ``"cosine"``, ``"inner_product"``, ``"l2"``.
         rerank_k: How many prefiltered candidates a concat head scores (default 1000).
         rescore_k: Concat head: screen the candidates (all, or the prefilter's) with bfloat16 products and rescore
             the best ``rescore_k`` (100 is a good start) in float32. None (default): float32 only.
-        device: Where candidates are stored and scored: ``"cpu"`` (default), ``"cuda"``, ``"cuda:1"``. The head is
-            copied there if the model lives elsewhere. Results come back on the CPU.
+        device: Where candidates are stored and scored (``"cpu"``, ``"cuda:1"``...); results come back on the CPU.
 
-    Example:
-        ::
+    Example::
 
             index = CandidateIndex.from_sentences(student, corpus, storage_dtype="float16")
             hits = index.search(["How do I learn Python?"], top_k=5)
@@ -110,7 +103,6 @@ class CandidateIndex:
         _check_dimension("Candidate", "candidates", tuple(candidate_embeddings.shape), head.in_features)
         if not isinstance(candidate_embeddings, StoredMatrix):
             candidate_embeddings = StoredMatrix.from_float(candidate_embeddings, storage_dtype)
-        device = _device(device)
         chunk_size = chunk_size if chunk_size is None else int_at_least("chunk_size", chunk_size)
         settings = (chunk_size, rerank_k, rescore_k)
         self._assemble(model, candidate_embeddings.to(device), label_index or 0, model_fingerprint(model), settings)
@@ -119,7 +111,7 @@ class CandidateIndex:
                 chunks = [self.embeddings.chunk(start, start + self._step()) for start in self._starts()]
                 parts = [self.head.candidate_vectors(chunk)[:, self.label_index].float() for chunk in chunks]
             vectors = torch.cat(parts) if parts else torch.zeros((0, head.rank + 2))
-            self.candidate_vectors = StoredMatrix.from_float(vectors, self.storage_dtype).to(device)
+            self.candidate_vectors = StoredMatrix.from_float(vectors, self.storage_dtype).to(self.device)
         if faiss_index is not None:  # a factorized head's logit is the inner product of its head vectors
             metric = "inner_product" if head.head_type == "factorized" else prefilter_metric
             self.prefilter = Prefilter.build(faiss_index, metric, self._prefilter_source())
@@ -130,7 +122,7 @@ class CandidateIndex:
         self.chunk_size, self.rerank_k, self.rescore_k = settings
         self.head = head if next(head.parameters()).device == device else copy.deepcopy(head).to(device)
         self.embeddings, self.storage_dtype = embeddings, embeddings.dtype
-        self.candidate_vectors: StoredMatrix | None = None
+        self.candidate_vectors: StoredMatrix | None = None  # a factorized head's, made by __init__ or load
         self.prefilter: Prefilter | None = None
 
     @classmethod
@@ -305,8 +297,6 @@ class CandidateIndex:
                 ids_out[row, :k] = ids[positions]
         return scores_out, ids_out
 
-    # -- saving and loading ------------------------------------------------------------------------------------------
-
     def config(self) -> dict[str, Any]:
         """The settings :meth:`save` writes to ``candidate_index.json``."""
         prefilter = self.prefilter
@@ -344,17 +334,13 @@ class CandidateIndex:
         Args:
             mmap: On the CPU, memory-map the arrays: no copy; pages are read on first use.
             verify: Check the files against ``checksums.json`` first: ``"full"`` (sizes and SHA-256: reads every
-                byte), ``"size"`` (instant; catches truncation, not changed bytes) or ``"none"``. A folder without
-                a manifest loads unchecked, with a warning.
+                byte), ``"size"`` (catches truncation, not changed bytes) or ``"none"``. A folder without a manifest
+                loads unchecked, with a warning. A missing, damaged or foreign file raises a CorruptFileError for it.
             device: Where to put the candidates, as in :class:`CandidateIndex`.
             faiss_params: faiss search parameters instead of the saved ones. Other search settings (``rerank_k``,
                 ``rescore_k``, ``chunk_size``) are attributes of the loaded index.
-
-        Raises:
-            CorruptFileError: a file is missing, damaged or from another save; the message names it.
-            ValueError: ``model`` is not the model that built the index (its fingerprint differs).
         """
-        directory, device, head = Path(path), _device(device), get_pair_head(model)
+        directory, head = Path(path), get_pair_head(model)
         config = _read_config(directory, verify)
         fingerprint = model_fingerprint(model)
         if fingerprint != config["model_fingerprint"]:
@@ -411,10 +397,3 @@ def _check_dimension(kind: str, rows: str, shape: tuple[int, ...], dim: int) -> 
             f"{kind} embeddings have dimension {shape[-1] if shape else 0}, but this index's head expects {dim}: "
             f"pass embeddings of shape (num_{rows}, {dim}) from the same student (were they made by another model?)."
         )
-
-
-def _device(device: str | torch.device) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
