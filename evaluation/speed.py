@@ -467,11 +467,10 @@ def benchmark_ten_million(args, data_dir: Path, cache_dir: Path, output_dir: Pat
                 concat,
                 stored,
                 faiss_index=args.ten_million_prefilter,
-                faiss_params=args.ten_million_params or None,
                 rerank_k=args.rerank_k,
-                precision="bfloat16",
-                fingerprint=fingerprint,
+                rescore_k=100,
             )
+            index.faiss_params = args.ten_million_params or None
             build_seconds = time.perf_counter() - start
         logger.info("Index built in %.0f s (%.2f GB)", build_seconds, index.nbytes / 1e9)
         build = {
@@ -514,7 +513,7 @@ def benchmark_ten_million(args, data_dir: Path, cache_dir: Path, output_dir: Pat
     if args.ten_million_skip_recall:
         recall_embeddings = recall_embeddings[:0]
     _, returned = index.search_embeddings(recall_embeddings, TOP_K)
-    exact = CandidateIndex(concat, stored, fingerprint=fingerprint)
+    exact = CandidateIndex(concat, stored)
     start = time.perf_counter()
     recalls = []
     if partial_file.is_file():  # a killed run's queries are not measured again
@@ -774,11 +773,8 @@ def benchmark_students(args, data_dir: Path, cache_dir: Path) -> dict:
 def benchmark_search(args, queries, pool, pool_embeddings, query_embeddings, encoder, concat, factorized) -> dict:
     timing_queries = queries[1 : args.queries + 1]
     recall_queries = query_embeddings[1 : args.recall_queries + 1]
-    concat_fingerprint, factorized_fingerprint = model_fingerprint(concat), model_fingerprint(factorized)
     start = time.perf_counter()
-    unique_exact_scores = CandidateIndex(concat, pool_embeddings, fingerprint=concat_fingerprint).score_all(
-        recall_queries
-    )
+    unique_exact_scores = CandidateIndex(concat, pool_embeddings).score_all(recall_queries)
     logger.info("Exact reference scores for %d queries in %.0f s", len(recall_queries), time.perf_counter() - start)
 
     teachers = {}
@@ -815,8 +811,8 @@ def benchmark_search(args, queries, pool, pool_embeddings, query_embeddings, enc
         systems["cosine (all-MiniLM-L6-v2)"] = time_cosine(encoder, normalized, timing_queries, args.queries)
         del normalized
 
-        stored = CandidateIndex(concat, embeddings, fingerprint=concat_fingerprint).embeddings
-        exact_index = CandidateIndex(concat, stored, fingerprint=concat_fingerprint)
+        stored = CandidateIndex(concat, embeddings).embeddings
+        exact_index = CandidateIndex(concat, stored)
         # Exhaustive exact float32 scores of the recall queries against all N rows: scored once per distinct
         # candidate and gathered to the rows (the same numbers as scoring every row; repeated rows are copies).
         exact_scores = unique_exact_scores[:, torch.from_numpy(rows)]
@@ -827,7 +823,7 @@ def benchmark_search(args, queries, pool, pool_embeddings, query_embeddings, enc
             _, ids = index.search_embeddings(recall_queries, TOP_K)
             return statistics.mean(recall_at_k(ids[row], reference[row]) for row in range(len(ids)))
 
-        bf16_index = CandidateIndex(concat, stored, precision="bfloat16", fingerprint=concat_fingerprint)
+        bf16_index = CandidateIndex(concat, stored, rescore_k=100)
         stats, _ = time_student(bf16_index, concat, timing_queries, args.queries)
         stats["recall_at_10"] = recall(bf16_index, exact_scores)
         systems[f"DSE concat head, bfloat16 screen of all + float32 rescoring of {bf16_index.rescore_k}"] = stats
@@ -844,12 +840,11 @@ def benchmark_search(args, queries, pool, pool_embeddings, query_embeddings, enc
                 concat,
                 stored,
                 faiss_index=spec,
-                faiss_params=params,
                 prefilter_metric=metric,
                 rerank_k=rerank_k,
-                precision=precision,
-                fingerprint=concat_fingerprint,
+                rescore_k=100 if precision == "bfloat16" else None,
             )
+            prefilter_index.faiss_params = params
             build_seconds = time.perf_counter() - start
             stats, _ = time_student(prefilter_index, concat, timing_queries, args.queries)
             stats["recall_at_10"] = recall(prefilter_index, exact_scores)
@@ -864,7 +859,7 @@ def benchmark_search(args, queries, pool, pool_embeddings, query_embeddings, enc
             del prefilter_index
         del exact_scores
 
-        factorized_stored = CandidateIndex(factorized, embeddings, fingerprint=factorized_fingerprint)
+        factorized_stored = CandidateIndex(factorized, embeddings)
         systems["DSE factorized head, exact (torch)"], _ = time_student(
             factorized_stored, factorized, timing_queries, args.queries
         )
@@ -872,8 +867,6 @@ def benchmark_search(args, queries, pool, pool_embeddings, query_embeddings, enc
             factorized,
             factorized_stored.embeddings,
             faiss_index="Flat",
-            fingerprint=factorized_fingerprint,
-            _candidate_vectors=factorized_stored.candidate_vectors,
         )
         systems["DSE factorized head, exact (faiss Flat)"], _ = time_student(
             flat_index, factorized, timing_queries, args.queries
@@ -899,12 +892,14 @@ def benchmark_head_options(args, queries, pool_embeddings, query_embeddings, emb
     rows = []
     for hidden_dim in (128, 512):
         student, accuracy = build_trained_student(base, "concat", hidden_dim, embedding_of, train, validation, args)
-        fingerprint = model_fingerprint(student)
-        exact_scores = CandidateIndex(student, embeddings, fingerprint=fingerprint).score_all(recall_queries)
+        exact_scores = CandidateIndex(student, embeddings).score_all(recall_queries)
         for storage_dtype in ("float32", "float16", "int8"):
             for precision in ("float32", "bfloat16"):
                 index = CandidateIndex(
-                    student, embeddings, storage_dtype=storage_dtype, precision=precision, fingerprint=fingerprint
+                    student,
+                    embeddings,
+                    storage_dtype=storage_dtype,
+                    rescore_k=100 if precision == "bfloat16" else None,
                 )
                 stats, _ = time_student(index, student, timing_queries, args.queries)
                 _, ids = index.search_embeddings(recall_queries, TOP_K)

@@ -276,7 +276,7 @@ def test_dse_loss_refuses_impossible_settings(student, kwargs, message):
 
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
 def test_score_pairs_refuses_a_bad_batch_size(student, batch_size):
-    with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer"):
         st_dse.score_pairs(student, ["a"], ["b"], batch_size=batch_size)
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from st_dse.fingerprint import model_fingerprint
 from st_dse.inference.index import CandidateIndex
 from st_dse.inference.reranker import DSEReranker
 from st_dse.inference.scoring import logits_to_output, score_pairs
 
-__all__ = ["CandidateIndex", "DSEReranker", "logits_to_output", "model_fingerprint", "score_pairs"]
+__all__ = ["CandidateIndex", "DSEReranker", "logits_to_output", "score_pairs"]

@@ -1,12 +1,9 @@
-"""Export a DSE student to ONNX as two graphs: the sentence encoder and the pair head.
+"""Export a DSE student to ONNX as two graphs, the sentence encoder and the pair head, and run them with onnxruntime.
 
-:func:`export_onnx` writes ``encoder.onnx`` (token ids -> sentence embedding, pooling included) and
-``pair_head.onnx`` (two embeddings -> logits) with the tokenizer files and an ``onnx_config.json``. Splitting the
-two keeps DSE's point: candidates are encoded once (their encoder outputs cached anywhere), and each query costs one
-encoder run plus the head over the cached embeddings. :class:`OnnxStudent` runs the exported folder with
-onnxruntime and the saved tokenizer, with no torch or sentence-transformers needed at inference time.
-
-Needs the ``onnx`` extra: ``pip install "st_dse[onnx]"`` (onnx, onnxruntime).
+Two graphs keep DSE's point: candidates are encoded once, and a query costs one encoder run plus the head over the
+cached embeddings. :class:`OnnxStudent` computes with onnxruntime and the saved tokenizer only (importing st_dse still
+imports torch; the folder's standard ONNX and tokenizer files also run without it).
+Needs ``pip install "st_dse[onnx]"``.
 """
 
 from __future__ import annotations
@@ -23,7 +20,8 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
-from st_dse.modules import PairHead
+from st_dse.data import check_pairs
+from st_dse.inference.scoring import encode_unique
 from st_dse.student import get_pair_head
 
 __all__ = ["ENCODER_NAME", "ONNX_CONFIG_NAME", "PAIR_HEAD_NAME", "OnnxStudent", "export_onnx"]
@@ -31,7 +29,6 @@ __all__ = ["ENCODER_NAME", "ONNX_CONFIG_NAME", "PAIR_HEAD_NAME", "OnnxStudent", 
 ENCODER_NAME = "encoder.onnx"
 PAIR_HEAD_NAME = "pair_head.onnx"
 ONNX_CONFIG_NAME = "onnx_config.json"
-ONNX_FORMAT_VERSION = 1
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 EMBEDDING_OUTPUT = "sentence_embedding"
 HEAD_INPUTS = ("embeddings1", "embeddings2")
@@ -39,7 +36,7 @@ HEAD_OUTPUT = "logits"
 
 
 class _Encoder(nn.Module):
-    """The student's modules up to the PairHead (Transformer, pooling, Dense/Normalize if any) on token tensors."""
+    """The student's modules but the PairHead (Transformer, pooling, Dense/Normalize if any) on token tensors."""
 
     def __init__(self, modules: list[nn.Module], input_names: Sequence[str]) -> None:
         super().__init__()
@@ -47,25 +44,19 @@ class _Encoder(nn.Module):
         self.input_names = list(input_names)
 
     def forward(self, *tensors: Tensor) -> Tensor:
-        features: dict[str, Any] = dict(zip(self.input_names, tensors))
-        features["modality"] = "text"
+        features: dict[str, Any] = {**dict(zip(self.input_names, tensors)), "modality": "text"}
         for module in self.encoder_modules:
             features = module(features)
         return features[EMBEDDING_OUTPUT]
 
 
 class _Head(nn.Module):
-    def __init__(self, head: PairHead) -> None:
+    def __init__(self, head: nn.Module) -> None:
         super().__init__()
         self.head = head
 
     def forward(self, embeddings1: Tensor, embeddings2: Tensor) -> Tensor:
         return self.head.score(embeddings1, embeddings2)
-
-
-def _tokenize(model: SentenceTransformer, sentences: list[str]) -> dict[str, Any]:
-    tokenize = getattr(model, "preprocess", None) or model.tokenize
-    return tokenize(sentences)
 
 
 def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names, output_name, axes, opset) -> None:
@@ -82,36 +73,20 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names
             dynamo=False,
             input_names=list(input_names),
             output_names=[output_name],
-            dynamic_axes=axes,
+            dynamic_axes={**axes, output_name: {0: "batch"}},
             opset_version=opset,
             do_constant_folding=True,
         )
 
 
 def export_onnx(model: SentenceTransformer, output_dir: str | os.PathLike, opset: int = 17) -> Path:
-    """Export a student to ``output_dir`` for onnxruntime; return the folder.
-
-    Writes:
-
-    - ``encoder.onnx``: ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the tokenizer makes them)
-      ``-> sentence_embedding``, the student's embedding as ``model.encode()`` gives it: pooling included, and the
-      Normalize module only when the model has one. Batch and sequence axes are dynamic.
-    - ``pair_head.onnx``: ``embeddings1``, ``embeddings2`` (``(batch, dim)`` each) ``-> logits``
-      (``(batch, num_labels)``), the PairHead's raw output; the batch axis is dynamic.
-    - the tokenizer files (``model.tokenizer.save_pretrained``) and ``onnx_config.json`` (max_seq_length, input and
-      output names, the head's config).
-
-    The ONNX graphs see token ids, so prompts (``model.prompts``) are not applied: prepend them to the text.
-
-    Args:
-        model: A student with a PairHead and a text Transformer.
-        output_dir: The folder to write (created if needed).
-        opset: The ONNX opset.
-    """
+    """Write ``encoder.onnx`` (token ids ``-> sentence_embedding``, what ``model.encode()`` gives), ``pair_head.onnx``
+    (``embeddings1``, ``embeddings2`` ``-> logits``, the PairHead's raw output), the tokenizer files and
+    ``onnx_config.json`` into ``output_dir``; return the folder. Batch (and sequence) axes are dynamic. The graphs
+    see token ids, so prompts (``model.prompts``) are not applied: prepend them to the text."""
     head = get_pair_head(model)
-    modules = list(model._modules.values())
-    if modules[-1] is not head:
-        raise ValueError("export_onnx expects the PairHead to be the student's last module.")
+    # The head passes features through, so the encoder is every other module, in order.
+    modules = [module for module in model if module is not head]
     if getattr(model, "default_prompt_name", None):
         warnings.warn(
             f"The model encodes with the default prompt {model.default_prompt_name!r}; the exported encoder "
@@ -120,42 +95,24 @@ def export_onnx(model: SentenceTransformer, output_dir: str | os.PathLike, opset
         )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    device = model.device
     was_training = model.training
     model.eval()
     try:
-        features = _tokenize(model, ["A short one.", "A somewhat longer sentence, to have some padding in the batch."])
+        features = model.preprocess(["A short one.", "A somewhat longer sentence, to have padding in the batch."])
         input_names = [name for name in TOKEN_INPUTS if name in features]
-        token_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-        encoder = _Encoder(modules[:-1], input_names).eval()
-        token_args = tuple(features[name].to(device) for name in input_names)
+        encoder = _Encoder(modules, input_names).eval()
+        token_args = tuple(features[name].to(model.device) for name in input_names)
         with torch.no_grad():
             embeddings = encoder(*token_args)
-        _export(
-            encoder,
-            token_args,
-            output_dir / ENCODER_NAME,
-            input_names,
-            EMBEDDING_OUTPUT,
-            token_axes | {EMBEDDING_OUTPUT: {0: "batch"}},
-            opset,
-        )
-        head_axes = {name: {0: "batch"} for name in HEAD_INPUTS} | {HEAD_OUTPUT: {0: "batch"}}
-        _export(
-            _Head(head).eval(),
-            (embeddings, embeddings.flip(0)),
-            output_dir / PAIR_HEAD_NAME,
-            HEAD_INPUTS,
-            HEAD_OUTPUT,
-            head_axes,
-            opset,
-        )
+        token_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+        _export(encoder, token_args, output_dir / ENCODER_NAME, input_names, EMBEDDING_OUTPUT, token_axes, opset)
+        head_axes = {name: {0: "batch"} for name in HEAD_INPUTS}
+        head_args = (embeddings, embeddings.flip(0))
+        _export(_Head(head).eval(), head_args, output_dir / PAIR_HEAD_NAME, HEAD_INPUTS, HEAD_OUTPUT, head_axes, opset)
     finally:
         model.train(was_training)
-
     model.tokenizer.save_pretrained(str(output_dir))
     config = {
-        "format_version": ONNX_FORMAT_VERSION,
         "opset": opset,
         "max_seq_length": model.max_seq_length,
         "embedding_dimension": head.in_features,
@@ -181,29 +138,20 @@ class OnnxStudent:
     def __init__(
         self, output_dir: str | os.PathLike, providers: Sequence[Any] | None = None, session_options: Any = None
     ) -> None:
-        try:
-            import onnxruntime
-        except ImportError as error:
-            raise ImportError('OnnxStudent needs onnxruntime: pip install "st_dse[onnx]"') from error
+        import onnxruntime
         from transformers import AutoTokenizer
 
         self.output_dir = Path(output_dir)
-        config_path = self.output_dir / ONNX_CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path} is missing: export the student with export_onnx(model, folder).")
-        self.config = json.loads(config_path.read_text())
-        if self.config.get("format_version", 0) > ONNX_FORMAT_VERSION:
-            raise ValueError(f"{self.output_dir} was exported by a newer st_dse; upgrade st_dse to read it.")
+        self.config = json.loads((self.output_dir / ONNX_CONFIG_NAME).read_text())
         if providers is None:
             # Every local provider; the Azure one calls a remote endpoint and computes nothing here.
             providers = [p for p in onnxruntime.get_available_providers() if p != "AzureExecutionProvider"]
-
-        def session(name: str):
-            path = self.output_dir / self.config[name]["file"]
-            return onnxruntime.InferenceSession(str(path), sess_options=session_options, providers=providers)
-
-        self.encoder_session = session("encoder")
-        self.head_session = session("pair_head")
+        self.encoder_session, self.head_session = (
+            onnxruntime.InferenceSession(
+                str(self.output_dir / self.config[name]["file"]), sess_options=session_options, providers=providers
+            )
+            for name in ("encoder", "pair_head")
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.output_dir))
         self.max_seq_length = self.config["max_seq_length"]
         self.input_names = self.config["encoder"]["inputs"]
@@ -214,8 +162,7 @@ class OnnxStudent:
         if isinstance(sentences, str):
             return self.encode([sentences], batch_size=batch_size)[0]
         sentences = list(sentences)
-        dimension = self.config["embedding_dimension"]
-        embeddings = np.empty((len(sentences), dimension), dtype=np.float32)
+        embeddings = np.empty((len(sentences), self.config["embedding_dimension"]), dtype=np.float32)
         # Longest first, as sentence-transformers does, so that each batch pads to similar lengths.
         order = np.argsort([-len(sentence) for sentence in sentences], kind="stable")
         for start in range(0, len(sentences), batch_size):
@@ -242,31 +189,17 @@ class OnnxStudent:
         first = np.atleast_2d(np.asarray(embeddings1, dtype=np.float32))
         second = np.atleast_2d(np.asarray(embeddings2, dtype=np.float32))
         rows = max(len(first), len(second))
-        if len(first) not in (1, rows) or len(second) not in (1, rows):
-            raise ValueError(f"Cannot pair {len(first)} embeddings with {len(second)}.")
-        first, second = (
-            np.broadcast_to(first, (rows, first.shape[1])),
-            np.broadcast_to(second, (rows, second.shape[1])),
-        )
+        first, second = (np.broadcast_to(side, (rows, side.shape[1])) for side in (first, second))
         logits = np.empty((rows, self.num_labels), dtype=np.float32)
         names = self.config["pair_head"]["inputs"]
         for start in range(0, rows, batch_size):
-            stop = start + batch_size
-            feed = {
-                names[0]: np.ascontiguousarray(first[start:stop]),
-                names[1]: np.ascontiguousarray(second[start:stop]),
-            }
-            logits[start:stop] = self.head_session.run(None, feed)[0]
+            pair = (np.ascontiguousarray(side[start : start + batch_size]) for side in (first, second))
+            logits[start : start + batch_size] = self.head_session.run(None, dict(zip(names, pair)))[0]
         return logits[:, 0] if self.num_labels == 1 else logits
 
     def score_pairs(self, sentences1: Sequence[str], sentences2: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Logits of row-aligned sentence pairs, shaped as :func:`st_dse.score_pairs` returns them."""
         sentences1, sentences2 = list(sentences1), list(sentences2)
-        if len(sentences1) != len(sentences2):
-            raise ValueError(f"The two lists must have the same length, got {len(sentences1)} and {len(sentences2)}.")
-        position: dict[str, int] = {}
-        rows = [position.setdefault(sentence, len(position)) for sentence in sentences1 + sentences2]
-        if not rows:
-            return np.zeros((0,) if self.num_labels == 1 else (0, self.num_labels), dtype=np.float32)
-        embeddings = self.encode(list(position), batch_size=batch_size)
+        check_pairs(sentences1, sentences2)
+        embeddings, rows = encode_unique(lambda texts: self.encode(texts, batch_size), sentences1 + sentences2)
         return self.score_embeddings(embeddings[rows[: len(sentences1)]], embeddings[rows[len(sentences1) :]])

@@ -1,13 +1,4 @@
-"""CandidateIndex: a corpus encoded once by a DSE student, searched with the student's PairHead.
-
-A cross-encoder must run once per (query, candidate) pair, so ranking N candidates for one query costs N transformer
-passes. A DSE student encodes each candidate once, ahead of time; a query then costs one encode plus N evaluations of
-the small PairHead over cached embeddings, which this index runs as a few large matrix products.
-
-A saved index is a folder: ``candidate_index.json`` (settings and the student's fingerprint), the candidate rows as
-``.npy`` files (see :class:`~st_dse.inference.storage.StoredMatrix`), an optional faiss prefilter (see
-:class:`~st_dse.inference.prefilter.Prefilter`) and ``checksums.json``, the size and SHA-256 of every file.
-"""
+"""CandidateIndex: a corpus encoded once by a DSE student, searched with the student's PairHead."""
 
 from __future__ import annotations
 
@@ -15,7 +6,8 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -24,59 +16,57 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import Tensor
 
-from st_dse.data.pairs import check_pairs
+from st_dse.data import check_pairs
 from st_dse.fingerprint import model_fingerprint
-from st_dse.inference.index_files import (
-    CONFIG_NAME,
-    DEFAULT_PREFILTER_RERANK,
-    DEFAULT_RESCORE,
-    INDEX_FORMAT_VERSION,
-    read_saved,
-)
-from st_dse.inference.prefilter import PREFILTER_METRICS, Prefilter, PrefilterMetric
-from st_dse.inference.scorer import HeadScorer, Precision
-from st_dse.inference.storage import StorageDtype, StoredMatrix
-from st_dse.integrity import VerifyMode, atomic_save_dir
-from st_dse.modules.pair_head import PairHead
+from st_dse.inference.prefilter import FAISS_NAME, PREFILTER_METRICS, Prefilter, PrefilterMetric
+from st_dse.inference.scoring import int_at_least, one_of
+from st_dse.inference.storage import REBUILD, StorageDtype, StoredMatrix, corrupt
+from st_dse.integrity import VerifyMode, atomic_save_dir, recover_interrupted_save, verify_manifest
+from st_dse.modules.pair_head import concat_logits
 from st_dse.student import get_pair_head
 
 logger = logging.getLogger(__name__)
 
+INDEX_FORMAT_VERSION = 1
+CONFIG_NAME = "candidate_index.json"
+CONFIG_KEYS = (
+    "format_version model_fingerprint num_candidates in_features head_type label_index storage_dtype chunk_size "
+    "faiss_index faiss_params prefilter_metric rerank_k rescore_k"
+).split()
 # Candidates per matrix product when chunk_size is not given: an accelerator wants far larger products than a CPU.
 DEFAULT_CHUNK_SIZE = {"cpu": 8192, "cuda": 65536}
+# Scores of at most this many (query, candidate) floats are held at once; bounds memory for big query batches.
+SCORE_BUFFER_ELEMENTS = 1 << 25
 
 
 class CandidateIndex:
     """Candidates encoded once; queries scored against all of them with the student's PairHead, top-k returned.
 
-    Exact by default: every candidate is scored by the head, ``chunk_size`` candidates per matrix product (see
-    :class:`HeadScorer`). A faiss prefilter makes it approximate: the head then scores only a shortlist. Returned
-    scores are always the head's exact logits of the stored candidate values.
+    A query costs one encode plus the small head over the cached embeddings (a cross-encoder would run once per pair).
+    Exact by default: the head scores every candidate, ``chunk_size`` per matrix product. A faiss prefilter makes it
+    approximate: the head then scores only a shortlist. Scores are always the head's exact logits of the stored
+    candidates. A saved index is a folder: ``candidate_index.json`` (settings, the student's fingerprint), ``.npy``
+    rows, the faiss prefilter and ``checksums.json`` (size and SHA-256 of every file).
 
     Args:
         model: The student (a SentenceTransformer with a PairHead) whose encoder made ``candidate_embeddings``.
         candidate_embeddings: ``(num_candidates, dim)`` embeddings from ``model.encode`` (see :meth:`from_sentences`),
             or a :class:`~st_dse.inference.storage.StoredMatrix` (e.g. built with ``StoredMatrix.from_chunks``).
         label_index: Which logit ranks candidates; required when the head has several labels.
-        chunk_size: Candidates scored per matrix product, which bounds working memory (default 8192 on a CPU, 65536
-            on an accelerator).
+        chunk_size: Candidates per matrix product: bounds working memory (default 8192 on a CPU, 65536 on a GPU).
         storage_dtype: ``"float32"`` (exact), ``"float16"`` or ``"int8"`` (4x smaller; per-dimension quantisation).
         faiss_index: A faiss ``index_factory`` string. Concat head: a prefilter (``"Flat"``, ``"PQ384x4fs"``,
             ``"IVF1024,PQ384x4fs"``, ``"HNSW32"``...) whose best ``rerank_k`` candidates the head scores. Factorized
             head: an inner-product index over the candidate-side head vectors (``"Flat"`` is exact). faiss runs on
-            the CPU whatever ``device`` is. Needs ``pip install faiss-cpu``.
-        faiss_params: faiss search parameters, e.g. ``"nprobe=64"`` or ``"efSearch=512"``.
+            the CPU; its search parameters are :attr:`faiss_params`. Needs ``pip install faiss-cpu``.
         prefilter_metric: What a concat prefilter ranks by: ``"head"`` (default), a linear surrogate of the head
-            (see :meth:`surrogate_query_vectors`); or ``"cosine"``, ``"inner_product"``, ``"l2"`` on the embeddings.
+            (:class:`~st_dse.inference.prefilter.HeadSurrogate`); or ``"cosine"``, ``"inner_product"``, ``"l2"``.
         rerank_k: How many prefiltered candidates a concat head scores (default 1000).
-        precision, rescore_k: Concat head. ``"bfloat16"`` screens candidates (all, or the prefilter's) with bfloat16
-            products and rescores the best ``rescore_k`` (default 100) in float32.
-        fingerprint: The model's :func:`model_fingerprint`; computed when None.
-        device: Where candidates are stored and scored: ``"cpu"`` (default), ``"cuda"``, ``"cuda:1"``. The head is
-            copied there if the model lives elsewhere. Results come back on the CPU.
+        rescore_k: Concat head: screen the candidates (all, or the prefilter's) with bfloat16 products and rescore
+            the best ``rescore_k`` (100 is a good start) in float32. None (default): float32 only.
+        device: Where candidates are stored and scored (``"cpu"``, ``"cuda:1"``...); results come back on the CPU.
 
-    Example:
-        ::
+    Example::
 
             index = CandidateIndex.from_sentences(student, corpus, storage_dtype="float16")
             hits = index.search(["How do I learn Python?"], top_k=5)
@@ -93,37 +83,47 @@ class CandidateIndex:
         chunk_size: int | None = None,
         storage_dtype: StorageDtype = "float32",
         faiss_index: str | None = None,
-        faiss_params: str | None = None,
         prefilter_metric: PrefilterMetric = "head",
-        rerank_k: int = DEFAULT_PREFILTER_RERANK,
-        precision: Precision = "float32",
-        rescore_k: int = DEFAULT_RESCORE,
-        fingerprint: str | None = None,
+        rerank_k: int = 1000,
+        rescore_k: int | None = None,
         device: str | torch.device = "cpu",
-        *,
-        _candidate_vectors: StoredMatrix | None = None,
-        _prefilter: Prefilter | None = None,
     ) -> None:
         head = get_pair_head(model)
-        _check_settings(head, label_index, chunk_size, prefilter_metric, precision, rerank_k, rescore_k)
-        self.model, self.device = model, _resolve_device(device)
-        self.head = head if next(head.parameters()).device == self.device else copy.deepcopy(head).to(self.device)
-        self.label_index, self.fingerprint = label_index or 0, fingerprint or model_fingerprint(model)
-        self.embeddings = _as_stored(candidate_embeddings, storage_dtype, head.in_features).to(self.device)
-        self.storage_dtype, self.prefilter_metric = self.embeddings.dtype, prefilter_metric
-        self.chunk_size, self.precision, self.rerank_k, self.rescore_k = chunk_size, precision, rerank_k, rescore_k
-        scorer_chunk = chunk_size or DEFAULT_CHUNK_SIZE.get(self.device.type, DEFAULT_CHUNK_SIZE["cuda"])
-        self._scorer = HeadScorer(self.head, self.label_index, self.embeddings, None, scorer_chunk)
-        vectors = _candidate_vectors
-        if head.head_type == "factorized" and vectors is None:
-            vectors = StoredMatrix.from_float(self._scorer.compute_candidate_vectors(), self.storage_dtype)
-        vectors = None if vectors is None else vectors.to(self.device)
-        self.candidate_vectors = self._scorer.candidate_vectors = vectors
-        self.prefilter = _prefilter
-        if faiss_index is not None and _prefilter is None:
-            self.prefilter = Prefilter.build(
-                faiss_index, prefilter_metric, faiss_params, self.head, self.embeddings, vectors
+        if label_index is None and head.num_labels > 1 or not 0 <= (label_index or 0) < head.num_labels:
+            raise ValueError(
+                f"This head has {head.num_labels} labels {head.label_names}; pass label_index= in "
+                f"[0, {head.num_labels - 1}] to say which label's logit ranks candidates, got {label_index}."
             )
+        one_of("prefilter_metric", prefilter_metric, PREFILTER_METRICS)
+        rerank_k = int_at_least("rerank_k", rerank_k)
+        if rescore_k is not None and int_at_least("rescore_k", rescore_k) and head.head_type != "concat":
+            raise ValueError("rescore_k (a bfloat16 screen) applies to the concat head; a factorized head is cheap.")
+        if not isinstance(candidate_embeddings, (Tensor, StoredMatrix)):
+            candidate_embeddings = np.asarray(candidate_embeddings)
+        _check_dimension("Candidate", "candidates", tuple(candidate_embeddings.shape), head.in_features)
+        if not isinstance(candidate_embeddings, StoredMatrix):
+            candidate_embeddings = StoredMatrix.from_float(candidate_embeddings, storage_dtype)
+        chunk_size = chunk_size if chunk_size is None else int_at_least("chunk_size", chunk_size)
+        settings = (chunk_size, rerank_k, rescore_k)
+        self._assemble(model, candidate_embeddings.to(device), label_index or 0, model_fingerprint(model), settings)
+        if head.head_type == "factorized":
+            with torch.inference_mode():
+                chunks = [self.embeddings.chunk(start, start + self._step()) for start in self._starts()]
+                parts = [self.head.candidate_vectors(chunk)[:, self.label_index].float() for chunk in chunks]
+            vectors = torch.cat(parts) if parts else torch.zeros((0, head.rank + 2))
+            self.candidate_vectors = StoredMatrix.from_float(vectors, self.storage_dtype).to(self.device)
+        if faiss_index is not None:  # a factorized head's logit is the inner product of its head vectors
+            metric = "inner_product" if head.head_type == "factorized" else prefilter_metric
+            self.prefilter = Prefilter.build(faiss_index, metric, self._prefilter_source())
+
+    def _assemble(self, model, embeddings: StoredMatrix, label_index: int, fingerprint: str, settings) -> None:
+        head, device = get_pair_head(model), embeddings.device
+        self.model, self.device, self.label_index, self.fingerprint = model, device, label_index, fingerprint
+        self.chunk_size, self.rerank_k, self.rescore_k = settings
+        self.head = head if next(head.parameters()).device == device else copy.deepcopy(head).to(device)
+        self.embeddings, self.storage_dtype = embeddings, embeddings.dtype
+        self.candidate_vectors: StoredMatrix | None = None  # a factorized head's, made by __init__ or load
+        self.prefilter: Prefilter | None = None
 
     @classmethod
     def from_sentences(
@@ -147,11 +147,20 @@ class CandidateIndex:
         check_pairs(candidates, candidates, what="candidate")
         model.eval()
         options = {"show_progress_bar": show_progress_bar, "device": device, "pool": pool}
-        embeddings = model.encode(candidates, batch_size=_positive("batch_size", batch_size), **options)
+        embeddings = model.encode(candidates, batch_size=int_at_least("batch_size", batch_size), **options)
         return cls(model, np.asarray(embeddings, dtype=np.float32), device=index_device, **kwargs)
 
     def __len__(self) -> int:
         return len(self.embeddings)
+
+    @property
+    def faiss_params(self) -> str | None:
+        """The prefilter's faiss search parameters (``"nprobe=64"`` for IVF, ``"efSearch=512"`` for HNSW); settable."""
+        return None if self.prefilter is None else self.prefilter.params
+
+    @faiss_params.setter
+    def faiss_params(self, params: str | None) -> None:
+        self.prefilter.set_params(params)
 
     @property
     def nbytes(self) -> int:
@@ -172,15 +181,15 @@ class CandidateIndex:
         rerank_k: int | None = None,
     ) -> list[list[dict[str, float | int]]]:
         """Top ``top_k`` candidates per query by the head's logit, best first, as ``{"corpus_id", "score"}`` dicts.
-
-        Queries may be sentences (encoded here, ``batch_size`` at a time) or precomputed query embeddings.
-        ``rerank_k`` overrides the index's setting for this call. Raises ValueError for a ``top_k``, ``batch_size``
-        or ``rerank_k`` below 1.
-        """
-        _positive("top_k", top_k)
-        _positive("batch_size", batch_size)
-        query_embeddings = _encode_queries(self.model, queries, batch_size)
-        scores, ids = self.search_embeddings(query_embeddings, top_k, rerank_k=rerank_k)
+        Queries are sentences (encoded here) or query embeddings; ``rerank_k`` overrides the index's for this call."""
+        if not isinstance(queries, (Tensor, np.ndarray)):
+            queries = [queries] if isinstance(queries, str) else list(queries)
+            int_at_least("batch_size", batch_size)
+            check_pairs(queries, queries, what="query")
+            self.model.eval()
+            encoded = self.model.encode(queries, batch_size=batch_size, convert_to_tensor=True) if queries else None
+            queries = torch.zeros((0, self.head.in_features)) if encoded is None else encoded
+        scores, ids = self.search_embeddings(queries, top_k, rerank_k=rerank_k)
         return [
             [{"corpus_id": int(i), "score": float(s)} for s, i in zip(row_scores, row_ids)]
             for row_scores, row_ids in zip(scores.tolist(), ids.tolist())
@@ -192,68 +201,109 @@ class CandidateIndex:
     ) -> tuple[Tensor, Tensor]:
         """Like :meth:`search` for query embeddings: ``(scores, corpus_ids)`` CPU tensors of shape
         ``(num_queries, min(top_k, len(index)))``."""
-        top_k = min(_positive("top_k", top_k), len(self))
-        rerank_k = self.rerank_k if rerank_k is None else _positive("rerank_k", rerank_k)
-        queries = self._scorer.check_queries(query_embeddings)
+        top_k = min(int_at_least("top_k", top_k), len(self))
+        rerank_k = self.rerank_k if rerank_k is None else int_at_least("rerank_k", rerank_k)
+        queries = self._queries(query_embeddings)
         if top_k == 0 or len(queries) == 0:
             return torch.zeros((len(queries), 0)), torch.zeros((len(queries), 0), dtype=torch.long)
-        rescore_k = self.rescore_k if self.precision == "bfloat16" else None
         if self.prefilter is not None:
             k = top_k if self.head.head_type == "factorized" else min(max(rerank_k, top_k), len(self))
             shortlist = self.prefilter.search(self.head, self.label_index, queries, k)
-            scores, ids = self._scorer.rerank(queries, shortlist, top_k, rescore_k)
-        elif rescore_k is not None:
-            _, shortlist = self._scorer.top_k(queries, min(max(rescore_k, top_k), len(self)), torch.bfloat16)
-            scores, ids = self._scorer.rerank(queries, shortlist, top_k)
+            scores, ids = self._rerank(queries, shortlist, top_k, self.rescore_k)
+        elif self.rescore_k is not None:
+            _, shortlist = self._top_k(queries, min(max(self.rescore_k, top_k), len(self)), torch.bfloat16)
+            scores, ids = self._rerank(queries, shortlist, top_k)
         else:
-            scores, ids = self._scorer.top_k(queries, top_k)
+            scores, ids = self._top_k(queries, top_k)
         return scores.cpu(), ids.cpu()
 
     @torch.inference_mode()
     def score_all(self, query_embeddings: Tensor | np.ndarray) -> Tensor:
         """Exact logits ``(num_queries, num_candidates)`` of the ranking label, for every candidate, on the CPU."""
-        queries = self._scorer.check_queries(query_embeddings)
-        if len(self) == 0:
-            return torch.zeros((len(queries), 0))
-        return torch.cat([chunk.cpu() for chunk in self._scorer.chunk_scores(queries)], dim=1)
+        queries = self._queries(query_embeddings)
+        return torch.cat([torch.zeros((len(queries), 0)), *(chunk.cpu() for chunk in self._chunk_scores(queries))], 1)
 
     @torch.inference_mode()
     def score_candidates(self, query_embeddings: Tensor | np.ndarray, candidate_ids: Tensor | np.ndarray) -> Tensor:
         """Exact logits ``(num_queries, k)`` of each query against its own ``k`` candidates ``candidate_ids[q]``."""
-        queries = self._scorer.check_queries(query_embeddings)
+        queries = self._queries(query_embeddings)
         ids = torch.as_tensor(candidate_ids, dtype=torch.long).reshape(len(queries), -1).to(self.device)
-        return torch.stack([self._scorer.scores_for(query, ids[row]) for row, query in enumerate(queries)]).cpu()
+        return torch.stack([self._scores_for(query, ids[row]) for row, query in enumerate(queries)]).cpu()
 
-    @torch.inference_mode()
-    def surrogate_query_vectors(self, query_embeddings: Tensor | np.ndarray) -> Tensor:
-        """Concat head: the vectors ``(num_queries, 2d)`` the default prefilter searches ``[v, v * v]`` with; see
-        :class:`~st_dse.inference.prefilter.HeadSurrogate`."""
-        if getattr(self.prefilter, "surrogate", None) is None:
-            raise ValueError("surrogate_query_vectors needs faiss_index= and prefilter_metric='head' (concat head).")
-        queries = self._scorer.check_queries(query_embeddings)
-        return self.prefilter.surrogate.query_vectors(self.head, self.label_index, queries).cpu()
+    # -- exact scoring of the stored rows, chunk by chunk, where they are stored --------------------------------------
+
+    def _queries(self, query_embeddings: Tensor | np.ndarray) -> Tensor:
+        embeddings = torch.as_tensor(query_embeddings)
+        embeddings = embeddings[None] if embeddings.dim() == 1 else embeddings
+        _check_dimension("Query", "queries", tuple(embeddings.shape), self.head.in_features)
+        return embeddings.detach().to(self.device, torch.float32)
+
+    def _prefilter_source(self) -> StoredMatrix:
+        return self.embeddings if self.candidate_vectors is None else self.candidate_vectors
+
+    def _step(self) -> int:
+        return self.chunk_size or DEFAULT_CHUNK_SIZE.get(self.device.type, DEFAULT_CHUNK_SIZE["cuda"])
+
+    def _starts(self, step: int | None = None) -> range:
+        return range(0, len(self), step or self._step())
+
+    def _query_vectors(self, queries: Tensor) -> Tensor:
+        """Factorized head: the ranking label's query vectors ``(num_queries, rank + 2)`` in float32."""
+        return self.head.query_vectors(queries.to(next(self.head.parameters()).dtype))[:, self.label_index].float()
+
+    def _chunk_scores(self, queries: Tensor, compute_dtype: torch.dtype | None = None) -> Iterator[Tensor]:
+        """Scores ``(num_queries, chunk)`` of consecutive candidate chunks; bfloat16 ``compute_dtype`` screens."""
+        if self.candidate_vectors is not None:
+            # A factorized chunk needs only (queries x chunk) floats of working memory: take bigger chunks.
+            query_vectors = self._query_vectors(queries).T.contiguous()
+            for start in self._starts(16 * self._step()):
+                yield self.candidate_vectors.matmul(query_vectors, start, start + 16 * self._step()).T
+            return
+        for start in self._starts():
+            candidates = self.embeddings.chunk(start, start + self._step())
+            yield torch.stack(
+                [concat_logits(self.head, query, candidates, self.label_index, compute_dtype) for query in queries]
+            )
+
+    def _top_k(self, queries: Tensor, k: int, compute_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """The ``k`` best scores and candidate ids ``(num_queries, k)`` of every candidate, best first."""
+        # Scores of a block of queries against all candidates are gathered, then one topk per block: cheaper than
+        # merging running top-k lists chunk by chunk, and the block size bounds the buffer.
+        block = max(1, SCORE_BUFFER_ELEMENTS // max(len(self), 1))
+        best = [torch.cat(list(self._chunk_scores(part, compute_dtype)), 1).topk(k) for part in queries.split(block)]
+        return torch.cat([scores for scores, _ in best]), torch.cat([ids for _, ids in best])
+
+    def _scores_for(self, query: Tensor, ids: Tensor, compute_dtype: torch.dtype | None = None) -> Tensor:
+        """Scores ``(len(ids),)`` of one query against the candidates ``ids``."""
+        if self.candidate_vectors is not None:
+            return self.candidate_vectors.rows(ids) @ self._query_vectors(query[None])[0]
+        return concat_logits(self.head, query, self.embeddings.rows(ids), self.label_index, compute_dtype)
+
+    def _rerank(
+        self, queries: Tensor, shortlist: Tensor, top_k: int, rescore_k: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Exact scores of each query's shortlisted ids (``-1`` = none), best ``top_k`` first (``-inf``/``-1`` pad);
+        with ``rescore_k`` a longer shortlist is screened in bfloat16 first and only its best scored in float32."""
+        scores_out = torch.full((len(queries), top_k), float("-inf"), device=queries.device)
+        ids_out = torch.full((len(queries), top_k), -1, dtype=torch.long, device=queries.device)
+        for row, query in enumerate(queries):
+            ids = shortlist[row].to(queries.device)
+            ids = torch.unique(ids[ids >= 0])
+            if rescore_k is not None and len(ids) > max(rescore_k, top_k):
+                ids = ids[self._scores_for(query, ids, torch.bfloat16).topk(max(rescore_k, top_k)).indices]
+            k = min(top_k, len(ids))
+            if k:
+                scores_out[row, :k], positions = self._scores_for(query, ids).topk(k)
+                ids_out[row, :k] = ids[positions]
+        return scores_out, ids_out
 
     def config(self) -> dict[str, Any]:
         """The settings :meth:`save` writes to ``candidate_index.json``."""
-        names = (
-            "label_index",
-            "storage_dtype",
-            "chunk_size",
-            "prefilter_metric",
-            "rerank_k",
-            "precision",
-            "rescore_k",
-        )
-        return {
-            "format_version": INDEX_FORMAT_VERSION,
-            "model_fingerprint": self.fingerprint,
-            "num_candidates": len(self),
-            "in_features": self.head.in_features,
-            "head_type": self.head.head_type,
-            "faiss_index": getattr(self.prefilter, "spec", None),
-            "faiss_params": getattr(self.prefilter, "params", None),
-            **{name: getattr(self, name) for name in names},
-        }
+        prefilter = self.prefilter
+        values = (INDEX_FORMAT_VERSION, self.fingerprint, len(self), self.head.in_features, self.head.head_type)
+        values += (self.label_index, self.storage_dtype, self.chunk_size, prefilter and prefilter.spec)
+        values += (self.faiss_params, prefilter and prefilter.metric, self.rerank_k, self.rescore_k)
+        return dict(zip(CONFIG_KEYS, values))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to the folder ``path`` (replacing any folder there, all or nothing): ``.npy`` arrays, the
@@ -277,93 +327,73 @@ class CandidateIndex:
         mmap: bool = True,
         verify: VerifyMode = "full",
         device: str | torch.device = "cpu",
-        **overrides,
+        faiss_params: str | None = None,
     ) -> CandidateIndex:
         """Open an index saved by :meth:`save`, for ``model``: the same student that built it.
 
         Args:
             mmap: On the CPU, memory-map the arrays: no copy; pages are read on first use.
             verify: Check the files against ``checksums.json`` first: ``"full"`` (sizes and SHA-256: reads every
-                byte), ``"size"`` (instant; catches truncation, not changed bytes) or ``"none"``. A folder without
-                a manifest loads unchecked, with a warning.
+                byte), ``"size"`` (catches truncation, not changed bytes) or ``"none"``. A folder without a manifest
+                loads unchecked, with a warning. A missing, damaged or foreign file raises a CorruptFileError for it.
             device: Where to put the candidates, as in :class:`CandidateIndex`.
-            overrides: Search settings: ``rerank_k``, ``rescore_k``, ``faiss_params``, ``precision``, ``chunk_size``.
-
-        Raises:
-            CorruptFileError: a file is missing, damaged or from another save; the message names it.
-            ValueError: ``model`` is not the model that built the index (its fingerprint differs).
+            faiss_params: faiss search parameters instead of the saved ones. Other search settings (``rerank_k``,
+                ``rescore_k``, ``chunk_size``) are attributes of the loaded index.
         """
-        return cls(model, **read_saved(Path(path), model, mmap, verify, _resolve_device(device), overrides))
-
-
-def _encode_queries(model: SentenceTransformer, queries, batch_size: int) -> Tensor | np.ndarray:
-    """Query embeddings: sentences (one or a list) encoded by ``model``; embeddings passed through."""
-    queries = [queries] if isinstance(queries, str) else queries
-    if isinstance(queries, (Tensor, np.ndarray)):
-        return queries
-    queries = list(queries)
-    if not queries:
-        return torch.zeros((0, get_pair_head(model).in_features))
-    check_pairs(queries, queries, what="query")
-    model.eval()
-    return model.encode(queries, batch_size=batch_size, convert_to_tensor=True)
-
-
-def _check_settings(
-    head: PairHead,
-    label_index: int | None,
-    chunk_size: int | None,
-    prefilter_metric: str,
-    precision: str,
-    rerank_k: int,
-    rescore_k: int,
-) -> None:
-    if head.num_labels > 1 and label_index is None:
-        raise ValueError(
-            f"This head has {head.num_labels} labels; pass label_index= to say which label's logit ranks "
-            f"candidates (label names: {head.label_names})."
-        )
-    if not 0 <= (label_index or 0) < head.num_labels:
-        raise ValueError(f"label_index must be in [0, {head.num_labels - 1}], got {label_index}.")
-    if chunk_size is not None:
-        _positive("chunk_size", chunk_size)
-    _positive("rerank_k", rerank_k)
-    _positive("rescore_k", rescore_k)
-    if prefilter_metric not in PREFILTER_METRICS:
-        raise ValueError(f"prefilter_metric must be one of {PREFILTER_METRICS}, got {prefilter_metric!r}.")
-    if precision not in ("float32", "bfloat16"):
-        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}.")
-    if precision == "bfloat16" and head.head_type != "concat":
-        raise ValueError("precision='bfloat16' applies to the concat head; a factorized head is already cheap.")
-
-
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={str(device)!r}, but torch sees no CUDA device here; pass device='cpu'.")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-def _as_stored(candidates: Tensor | np.ndarray | StoredMatrix, storage_dtype: str, dim: int) -> StoredMatrix:
-    if not isinstance(candidates, StoredMatrix):
-        if isinstance(candidates, Tensor):
-            candidates = candidates.detach().to("cpu", torch.float32).numpy()
-        candidates = np.asarray(candidates)
-        if candidates.ndim != 2 or candidates.shape[1] != dim:
+        directory, head = Path(path), get_pair_head(model)
+        config = _read_config(directory, verify)
+        fingerprint = model_fingerprint(model)
+        if fingerprint != config["model_fingerprint"]:
             raise ValueError(
-                f"Candidate embeddings must have shape (num_candidates, {dim}), got {tuple(candidates.shape)}. "
-                "Were they made by another model?"
+                f"The index in {directory} was built with another model (fingerprint "
+                f"{config['model_fingerprint'][:12]}..., this model's is {fingerprint[:12]}...): its embeddings mean "
+                "nothing to this model's head. Load the student that built it, or rebuild the index with this model: "
+                "CandidateIndex.from_sentences(model, corpus)."
             )
-        candidates = StoredMatrix.from_float(candidates, storage_dtype)
-    if candidates.shape[1] != dim:
-        raise ValueError(f"Candidate embeddings must have shape (num_candidates, {dim}), got {candidates.shape}.")
-    return candidates
+        dtype, count = config["storage_dtype"], config["num_candidates"]
+        index = cls.__new__(cls)
+        embeddings = StoredMatrix.load(directory, "embeddings", dtype, (count, head.in_features), mmap, device)
+        settings = itemgetter("chunk_size", "rerank_k", "rescore_k")(config)
+        index._assemble(model, embeddings, config["label_index"], fingerprint, settings)
+        if head.head_type == "factorized":
+            shape = (count, head.rank + 2)
+            index.candidate_vectors = StoredMatrix.load(directory, "candidate_vectors", dtype, shape, mmap, device)
+        if config["faiss_index"]:
+            params = config["faiss_params"] if faiss_params is None else faiss_params
+            index.prefilter = Prefilter.load(directory, config, index._prefilter_source(), params, mmap)
+        return index
+
+
+def _read_config(directory: Path, verify: VerifyMode) -> dict[str, Any]:
+    """The config of a saved index, after repairing an interrupted save and verifying every file it implies."""
+    if not directory.is_symlink() and not directory.is_file():  # a save into it may have been killed mid-swap
+        recover_interrupted_save(directory)
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: {directory} is not a saved CandidateIndex (or its save did not finish). "
+            "Build it with CandidateIndex.from_sentences(model, corpus).save(path)."
+        )
+    verify_manifest(directory, files=[CONFIG_NAME], verify=verify, remedy=REBUILD)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        files = [CONFIG_NAME, *StoredMatrix.file_names("embeddings", config["storage_dtype"])]
+        if config["head_type"] == "factorized":
+            files += StoredMatrix.file_names("candidate_vectors", config["storage_dtype"])
+        files += [FAISS_NAME] if config["faiss_index"] else []
+        version = itemgetter(*CONFIG_KEYS)(config)[0]  # a KeyError when a setting is missing
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise corrupt(path, f"is not a readable index config ({error!r})") from None
+    if version > INDEX_FORMAT_VERSION:
+        raise ValueError(f"{directory} was saved by a newer st_dse (index format {version}); upgrade st_dse.")
+    if not verify_manifest(directory, files=files, verify=verify, remedy=REBUILD) and verify != "none":
+        logger.warning("%s has no checksums.json: its files were not verified.", directory)
+    return config
+
+
+def _check_dimension(kind: str, rows: str, shape: tuple[int, ...], dim: int) -> None:
+    if len(shape) != 2 or shape[-1] != dim:
+        raise ValueError(
+            f"{kind} embeddings have dimension {shape[-1] if shape else 0}, but this index's head expects {dim}: "
+            f"pass embeddings of shape (num_{rows}, {dim}) from the same student (were they made by another model?)."
+        )

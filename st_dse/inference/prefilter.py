@@ -18,14 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from st_dse.inference.storage import REBUILD, StoredMatrix, load_array
-from st_dse.integrity import CorruptFileError
+from st_dse.inference.storage import StoredMatrix, corrupt
 from st_dse.modules.pair_head import PairHead, concat_hidden, concat_weight_blocks
 
 PrefilterMetric = Literal["head", "cosine", "inner_product", "l2"]
 PREFILTER_METRICS = ("head", "cosine", "inner_product", "l2")
 FAISS_NAME = "faiss.index"
-SURROGATE_NAMES = ("surrogate_reference.npy", "surrogate_scale.npy")
 # Candidates whose hidden-unit activity sets the surrogate's gates.
 SURROGATE_REFERENCE_SIZE = 1024
 # Candidates a faiss index is trained on (IVF centroids, quantiser codebooks), and added per call.
@@ -40,7 +38,8 @@ class HeadSurrogate:
     unit's ReLU is replaced by how often that unit is active over a reference sample of the candidates (so the head
     becomes linear in ``v`` and ``|u - v|``), and ``|x|`` by the parabola ``x^2 / (2c)`` fitted to the candidates'
     typical ``|v - v'|`` per dimension ``c``. What remains is an inner product of a query vector ``q(u)`` with
-    ``[v, v * v]``, which faiss can search; the index then rescores the shortlist exactly.
+    ``[v, v * v]``, which faiss can search; the index then rescores the shortlist exactly. The surrogate is a
+    function of the stored candidates (:meth:`fit`), so a loaded index fits it again rather than saving it.
 
     Args:
         reference: ``(m, d)`` candidate embeddings, an evenly spread sample of the corpus.
@@ -71,64 +70,35 @@ class HeadSurrogate:
 
     def query_vectors(self, head: PairHead, label_index: int, queries: Tensor) -> Tensor:
         """``(num_queries, 2d)`` float32 vectors ``q(u)`` whose inner product with ``[v, v * v]`` ranks candidates."""
-        first, _, _, second = head.classifier
-        dtype = first.weight.dtype
+        dtype = head.classifier[0].weight.dtype
         _, w_v, w_mul, w_diff = concat_weight_blocks(head)
-        output_weights = second.weight[label_index]
+        output_weights = head.classifier[3].weight[label_index]
         scale = self.scale.to(dtype)
-        vectors = []
+        vectors = [torch.zeros((0, 2 * head.in_features), dtype=dtype, device=queries.device)]
         for query in queries.to(dtype):
             active = (concat_hidden(head, query, self.reference) > 0).to(dtype).mean(dim=0)
             weights = output_weights * active  # (hidden,)
             linear = w_v.T @ weights + (w_mul.T @ weights) * query  # coefficient of v
             absolute = w_diff.T @ weights  # coefficient of |u - v|
-            vectors.append(torch.cat([linear - absolute * query / scale, absolute / (2 * scale)]))
-        if not vectors:
-            return torch.zeros((0, 2 * head.in_features), device=queries.device)
-        return torch.stack(vectors).float()
-
-    def save(self, directory: Path) -> None:
-        for name, values in zip(SURROGATE_NAMES, (self.reference, self.scale)):
-            np.save(directory / name, values.cpu().numpy())
-
-    @classmethod
-    def load(cls, directory: Path, in_features: int, device: torch.device) -> HeadSurrogate:
-        reference, scale = (
-            torch.from_numpy(load_array(directory / name, np.float32, shape)).to(device)
-            for name, shape in zip(SURROGATE_NAMES, ((None, in_features), (in_features,)))
-        )
-        return cls(reference, scale)
+            vectors.append(torch.cat([linear - absolute * query / scale, absolute / (2 * scale)])[None])
+        return torch.cat(vectors).float()
 
 
 class Prefilter:
-    """A faiss index over a CandidateIndex's candidates: builds it, searches it, saves it.
+    """A faiss index over a CandidateIndex's candidates (its embeddings, or a factorized head's candidate vectors).
 
     Args:
         index: The faiss index.
         spec: Its ``faiss.index_factory`` string, e.g. ``"Flat"``, ``"IVF1024,PQ384x4fs"``, ``"HNSW32"``.
-        metric: Concat head: what the index ranks by (``"head"``: the :class:`HeadSurrogate`; ``"cosine"``,
-            ``"inner_product"`` or ``"l2"`` on the embeddings). Factorized head: ignored (inner product of head
-            vectors).
-        factorized: Whether the index holds a factorized head's candidate vectors.
+        metric: What it ranks by: ``"head"`` (the :class:`HeadSurrogate`), ``"cosine"``, ``"inner_product"``, ``"l2"``.
         params: faiss search parameters, e.g. ``"nprobe=64"`` or ``"efSearch=512"``.
         surrogate: The head surrogate, for ``metric="head"``.
     """
 
     def __init__(
-        self,
-        index: Any,
-        spec: str,
-        metric: PrefilterMetric,
-        factorized: bool,
-        params: str | None = None,
-        surrogate: HeadSurrogate | None = None,
+        self, index: Any, spec: str, metric: str, params: str | None, surrogate: HeadSurrogate | None
     ) -> None:
-        self.index = index
-        self.spec = spec
-        self.metric = metric
-        self.factorized = factorized
-        self.surrogate = surrogate
-        self.params = None
+        self.index, self.spec, self.metric, self.surrogate = index, spec, metric, surrogate
         self.set_params(params)
 
     def set_params(self, params: str | None) -> None:
@@ -144,56 +114,37 @@ class Prefilter:
         self.params = params
 
     @classmethod
-    def build(
-        cls,
-        spec: str,
-        metric: PrefilterMetric,
-        params: str | None,
-        head: PairHead,
-        embeddings: StoredMatrix,
-        candidate_vectors: StoredMatrix | None = None,
-    ) -> Prefilter:
-        """Train (on an evenly spread sample) and fill a faiss index over the candidates, in chunks."""
+    def build(cls, spec: str, metric: PrefilterMetric, source: StoredMatrix) -> Prefilter:
+        """Train (on an evenly spread sample) and fill a faiss index over the rows of ``source``, in chunks."""
         faiss = faiss_module()
-        factorized = head.head_type == "factorized"
-        source = candidate_vectors if factorized else embeddings
-        if factorized or metric != "l2":
-            faiss_metric = faiss.METRIC_INNER_PRODUCT
-        else:
-            faiss_metric = faiss.METRIC_L2
-        surrogate = HeadSurrogate.fit(embeddings) if not factorized and metric == "head" else None
+        surrogate = HeadSurrogate.fit(source) if metric == "head" else None
         dim = source.shape[1] * (2 if surrogate is not None else 1)
         try:
-            index = faiss.index_factory(dim, spec, faiss_metric)
+            index = faiss.index_factory(dim, spec, faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as error:
             raise ValueError(f"faiss cannot build the index {spec!r}: {error}") from error
-        prefilter = cls(index, spec, metric, factorized, None, surrogate)
+        prefilter = cls(index, spec, metric, None, surrogate)
         if not index.is_trained:
             sample = np.linspace(0, len(source) - 1, num=min(len(source), TRAIN_SAMPLE_SIZE)).astype(np.int64)
-            index.train(prefilter._candidate_side(source.rows(sample)))
+            index.train(prefilter.candidate_side(source.rows(sample)))
         for start in range(0, len(source), ADD_CHUNK_ROWS):
-            index.add(prefilter._candidate_side(source.chunk(start, min(start + ADD_CHUNK_ROWS, len(source)))))
-        prefilter.set_params(params)
+            index.add(prefilter.candidate_side(source.chunk(start, start + ADD_CHUNK_ROWS)))
         return prefilter
 
-    def search(self, head: PairHead, label_index: int, query_embeddings: Tensor, k: int) -> Tensor:
+    def search(self, head: PairHead, label_index: int, queries: Tensor, k: int) -> Tensor:
         """The ``k`` best candidate ids ``(num_queries, k)`` per query, on the CPU; ``-1`` where there are fewer."""
-        if self.factorized:
-            queries = head.query_vectors(query_embeddings.to(next(head.parameters()).dtype))[:, label_index].float()
+        if head.head_type == "factorized":
+            queries = head.query_vectors(queries.to(next(head.parameters()).dtype))[:, label_index]
         elif self.surrogate is not None:
-            queries = self.surrogate.query_vectors(head, label_index, query_embeddings)
-        else:
-            queries = query_embeddings
-        _, ids = self.index.search(self._as_faiss_input(queries, normalize=not self.factorized), k)
-        return torch.from_numpy(ids)
+            queries = self.surrogate.query_vectors(head, label_index, queries)
+        return torch.from_numpy(self.index.search(self.faiss_input(queries), k)[1])
 
-    def _candidate_side(self, values: Tensor) -> np.ndarray:
-        if self.surrogate is not None:
-            values = HeadSurrogate.candidate_vectors(values)
-        return self._as_faiss_input(values, normalize=not self.factorized)
+    def candidate_side(self, values: Tensor) -> np.ndarray:
+        """What faiss stores for these candidate rows."""
+        return self.faiss_input(values if self.surrogate is None else HeadSurrogate.candidate_vectors(values))
 
-    def _as_faiss_input(self, values: Tensor, normalize: bool) -> np.ndarray:
-        if normalize and self.metric == "cosine":
+    def faiss_input(self, values: Tensor) -> np.ndarray:
+        if self.metric == "cosine":
             values = torch.nn.functional.normalize(values.float(), dim=-1)
         return np.ascontiguousarray(values.detach().to("cpu", torch.float32).numpy())
 
@@ -201,71 +152,39 @@ class Prefilter:
     def nbytes(self) -> int:
         """Approximate bytes of the faiss index: vector codes, the ids of an IVF index, the graph of an HNSW index."""
         faiss = faiss_module()
-        index = self.index
-        total = int(index.ntotal) * int(index.sa_code_size()) if hasattr(index, "sa_code_size") else 0
-        hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
-        if hnsw is not None:
-            total += int(hnsw.neighbors.size()) * 4
-        try:
-            faiss.extract_index_ivf(index)
-            total += int(index.ntotal) * 8
-        except RuntimeError:
-            pass  # not an IVF index: no stored ids
-        if self.surrogate is not None:
-            total += (self.surrogate.reference.numel() + self.surrogate.scale.numel()) * 4
-        return total
-
-    # -- saving and loading ------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def file_names(head_type: str, metric: PrefilterMetric) -> list[str]:
-        """The files :meth:`save` writes for a prefilter of this head type and metric."""
-        return [FAISS_NAME, *(SURROGATE_NAMES if head_type == "concat" and metric == "head" else ())]
+        index = faiss.downcast_index(self.index)
+        hnsw = getattr(index, "hnsw", None)
+        codes = index if hnsw is None else faiss.downcast_index(index.storage)
+        total = index.ntotal * codes.sa_code_size() + (0 if hnsw is None else hnsw.neighbors.size() * 4)
+        total += index.ntotal * 8 if faiss.try_extract_index_ivf(index) is not None else 0
+        surrogate = self.surrogate
+        return int(total + (0 if surrogate is None else (surrogate.reference.numel() + surrogate.scale.numel()) * 4))
 
     def save(self, directory: Path) -> None:
         faiss_module().write_index(self.index, str(directory / FAISS_NAME))
-        if self.surrogate is not None:
-            self.surrogate.save(directory)
 
     @classmethod
-    def load(
-        cls,
-        directory: Path,
-        spec: str,
-        metric: PrefilterMetric,
-        params: str | None,
-        head: PairHead,
-        num_candidates: int,
-        mmap: bool = True,
-        device: torch.device | str = "cpu",
-    ) -> Prefilter:
-        """Read a prefilter written by :meth:`save` (the faiss index memory-mapped where its type allows).
-
-        Raises:
-            CorruptFileError: ``faiss.index`` cannot be read or holds another number or size of vectors; a surrogate
-                file is missing or damaged. The message names the file.
-        """
-        faiss = faiss_module()
-        path = directory / FAISS_NAME
-        factorized = head.head_type == "factorized"
+    def load(cls, directory: Path, config: dict[str, Any], source: StoredMatrix, params: str | None, mmap: bool):
+        """Read a prefilter that :meth:`save` wrote for ``source`` (memory-mapped where the faiss index type allows);
+        a damaged ``faiss.index`` (unreadable, or other vectors than ``source``) raises a CorruptFileError for it."""
+        faiss, path = faiss_module(), directory / FAISS_NAME
         try:
             try:
                 index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
             except RuntimeError:  # not every faiss index type can be memory-mapped
                 index = faiss.read_index(str(path))
         except RuntimeError as error:
-            raise CorruptFileError(f"{path} is not a readable faiss index ({error}). {REBUILD}", path) from None
-        surrogate = None
-        if not factorized and metric == "head":
-            surrogate = HeadSurrogate.load(directory, head.in_features, torch.device(device))
-        dim = head.rank + 2 if factorized else head.in_features * (2 if surrogate is not None else 1)
-        if index.ntotal != num_candidates or index.d != dim:
-            raise CorruptFileError(
-                f"{path} holds {index.ntotal} vectors of dimension {index.d}, but the index config implies "
-                f"{num_candidates} of dimension {dim}: the folder mixes files from different saves. {REBUILD}",
+            raise corrupt(path, f"is not a readable faiss index ({error})") from None
+        metric = config["prefilter_metric"]
+        dim = source.shape[1] * (2 if metric == "head" else 1)
+        if (index.ntotal, index.d) != (len(source), dim):
+            raise corrupt(
                 path,
+                f"holds {index.ntotal} vectors of dimension {index.d}, but the index config implies {len(source)} of "
+                f"dimension {dim}: the folder mixes files from different saves",
             )
-        return cls(index, spec, metric, factorized, params, surrogate)
+        surrogate = HeadSurrogate.fit(source) if metric == "head" else None
+        return cls(index, config["faiss_index"], metric, params, surrogate)
 
 
 def faiss_module():

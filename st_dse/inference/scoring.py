@@ -1,30 +1,43 @@
-"""Scoring with a trained student: pairs, and queries against many precomputed candidates."""
+"""Pair scoring: a student's PairHead output for row-aligned sentence pairs, each distinct sentence encoded once."""
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from torch import Tensor
 
-from st_dse.data.pairs import check_pairs
+from st_dse.data import check_pairs
 from st_dse.modules.pair_head import Output, logits_to_output
 from st_dse.student import get_pair_head
 
+Embeddings = TypeVar("Embeddings")
 
-def _embed_unique(
-    model: SentenceTransformer, sentences: Sequence[str], batch_size: int, show_progress_bar: bool | None
-) -> tuple[Tensor, list[int]]:
-    """Encode each distinct sentence once; return the embeddings and each input's row in them."""
+
+def int_at_least(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}.")
+    return int(value)
+
+
+def one_of(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value``, or a ValueError naming ``name`` when it is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
+    return value
+
+
+def encode_unique(encode: Callable[[list[str]], Embeddings], sentences: Sequence[str]) -> tuple[Embeddings, list[int]]:
+    """``encode`` each distinct sentence once; return those embeddings and each input sentence's row in them."""
     position: dict[str, int] = {}
     rows = [position.setdefault(sentence, len(position)) for sentence in sentences]
-    embeddings = model.encode(
-        list(position), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=show_progress_bar
-    )
-    return embeddings, rows
+    return encode(list(position)), rows
 
 
 @torch.inference_mode()
@@ -42,7 +55,7 @@ def score_pairs(
     Each distinct sentence is encoded once, so scoring many pairs that share sentences costs one encode per sentence.
 
     Args:
-        model: A student with a PairHead, e.g. ``SentenceTransformer("path/to/dse-student")``.
+        model: A student with a PairHead, e.g. ``st_dse.load_student("path/to/dse-student")``.
         sentences1, sentences2: Lists of the same length; row i of each forms pair i.
         output: ``"logits"`` (the head's raw output, what the teacher's logits were distilled into),
             ``"probabilities"`` or ``"labels"``.
@@ -53,8 +66,7 @@ def score_pairs(
         ``(n,)`` for binary and regression heads (and for labels), ``(n, k)`` logits or probabilities for k-way heads.
     """
     head = get_pair_head(model)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    int_at_least("batch_size", batch_size)
     # Checks output against the head (e.g. no probabilities from a regression head) before anything is encoded.
     logits_to_output(torch.zeros((0, head.num_labels)), head.problem_type, output)
     if isinstance(sentences1, str) or isinstance(sentences2, str):
@@ -62,13 +74,11 @@ def score_pairs(
     sentences1, sentences2 = list(sentences1), list(sentences2)
     check_pairs(sentences1, sentences2)
     model.eval()
-    if not sentences1:
-        empty = torch.zeros((0, head.num_labels))
-        result = logits_to_output(empty, head.problem_type, output)
-    else:
-        embeddings, rows = _embed_unique(model, sentences1 + sentences2, batch_size, show_progress_bar)
-        rows1 = torch.tensor(rows[: len(sentences1)], device=embeddings.device)
-        rows2 = torch.tensor(rows[len(sentences1) :], device=embeddings.device)
-        logits = head.score(embeddings[rows1], embeddings[rows2]).float()
-        result = logits_to_output(logits, head.problem_type, output).cpu()
+    logits = torch.zeros((0, head.num_labels))
+    if sentences1:
+        options = {"batch_size": batch_size, "show_progress_bar": show_progress_bar, "convert_to_tensor": True}
+        embeddings, rows = encode_unique(lambda texts: model.encode(texts, **options), sentences1 + sentences2)
+        rows = torch.tensor(rows, device=embeddings.device)
+        logits = head.score(embeddings[rows[: len(sentences1)]], embeddings[rows[len(sentences1) :]]).float()
+    result = logits_to_output(logits, head.problem_type, output).cpu()
     return result.numpy() if convert_to_numpy else result

@@ -1,9 +1,4 @@
-"""StoredMatrix: the rows of a CandidateIndex (embeddings or head vectors), as float32, float16 or int8.
-
-The rows live in host memory (a numpy array, possibly memory-mapped from a saved ``.npy`` file) or on an accelerator
-(a torch tensor on ``cuda``); either way they are read in float32 chunks, gathered by id, or multiplied by a matrix
-without first turning the whole matrix into float32.
-"""
+"""StoredMatrix: the rows of a CandidateIndex (embeddings or head vectors), as float32, float16 or int8."""
 
 from __future__ import annotations
 
@@ -15,30 +10,37 @@ from typing import Literal
 
 import numpy as np
 import torch
+from sentence_transformers import quantize_embeddings
 from torch import Tensor
 
+from st_dse.inference.scoring import one_of
 from st_dse.integrity import CorruptFileError
 
 StorageDtype = Literal["float32", "float16", "int8"]
-STORAGE_DTYPES = ("float32", "float16", "int8")
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
 # Rows copied at a time between host and accelerator, or from a source of chunks into storage.
 COPY_ROWS = 65536
 REBUILD = (
-    "Rebuild the index (CandidateIndex.from_sentences(model, corpus).save(path)), or copy the whole saved folder "
-    "again."
+    "Rebuild the index (CandidateIndex.from_sentences(model, corpus).save(path)), or copy the whole folder again."
 )
 
 
-class StoredMatrix:
-    """A ``(rows, columns)`` float matrix kept as float32, float16 or int8, readable in float32 chunks.
+def corrupt(path: Path, problem: str) -> CorruptFileError:
+    """The error for a damaged file of a saved index: names the file, says what is wrong and what to do."""
+    return CorruptFileError(f"{path} {problem}. {REBUILD}", path)
 
-    int8 uses one affine map per column: ``value = code * scale + center`` with codes in [-127, 127], so each column
-    keeps its own range; the rounding error is at most ``scale / 2`` per value.
+
+class StoredMatrix:
+    """A ``(rows, columns)`` float matrix kept as float32, float16 or int8, read in float32 chunks, gathered by id, or
+    multiplied by a matrix without turning it all into float32.
+
+    int8 holds :func:`sentence_transformers.quantize_embeddings` codes: each column's range cut into 256 equal steps.
+    A code reads back as the middle of its step, ``code * scale + center``, so each value is off by at most
+    ``scale / 2``; a constant column (``scale`` 0) reads back exactly.
 
     Args:
-        data: The stored values: a numpy array (host memory, or a ``np.memmap``) or a torch tensor on any device.
+        data: The stored values: a numpy array (host memory, or a ``np.memmap``) or a torch tensor (an accelerator).
         dtype: ``"float32"``, ``"float16"`` or ``"int8"``; what ``data`` holds.
         scale, center: int8 only: the per-column maps, float32 arrays of shape ``(columns,)``.
     """
@@ -50,29 +52,25 @@ class StoredMatrix:
         scale: np.ndarray | None = None,
         center: np.ndarray | None = None,
     ) -> None:
-        if dtype not in STORAGE_DTYPES:
-            raise ValueError(f"storage_dtype must be one of {STORAGE_DTYPES}, got {dtype!r}.")
-        if (dtype == "int8") != (scale is not None and center is not None):
-            raise ValueError("int8 storage needs a scale and a center per column; float storage takes neither.")
-        self.data = data
-        self.dtype = dtype
+        self.data, self.dtype = data, dtype
         self.scale = None if scale is None else np.asarray(scale, dtype=np.float32)
         self.center = None if center is None else np.asarray(center, dtype=np.float32)
         # The per-column maps as tensors where the rows are, made once.
-        self._scale = None if scale is None else torch.from_numpy(self.scale).to(self.device)
-        self._center = None if center is None else torch.from_numpy(self.center).to(self.device)
-
-    # -- building ----------------------------------------------------------------------------------------------------
+        if scale is not None:
+            self.scale_tensor = torch.from_numpy(self.scale).to(self.device)
+            self.center_tensor = torch.from_numpy(self.center).to(self.device)
 
     @classmethod
     def from_float(cls, values: np.ndarray | Tensor, dtype: StorageDtype) -> StoredMatrix:
-        """Store a float matrix (a numpy array or a tensor, kept on the host)."""
+        """Store a float matrix (a numpy array or a tensor), in host memory."""
         if isinstance(values, Tensor):
             values = values.detach().to("cpu", torch.float32).numpy()
         values = np.asarray(values, dtype=np.float32)
-        if dtype == "float32":
-            return cls(np.ascontiguousarray(values), dtype)
-        return cls.from_chunks(lambda: iter([values]), dtype)
+        return (
+            cls(np.ascontiguousarray(values), dtype)
+            if dtype == "float32"
+            else cls.from_chunks(lambda: [values], dtype)
+        )
 
     @classmethod
     def from_chunks(
@@ -85,36 +83,34 @@ class StoredMatrix:
         memory is the stored matrix plus one chunk; with ``path`` the rows go to a new ``.npy`` file there instead,
         memory-mapped, so that a corpus larger than memory can be stored (the file is the caller's to delete).
         """
-        if dtype not in STORAGE_DTYPES:
-            raise ValueError(f"storage_dtype must be one of {STORAGE_DTYPES}, got {dtype!r}.")
-        rows, low, high, columns = 0, None, None, None
+        one_of("storage_dtype", dtype, tuple(NUMPY_DTYPES))
+        rows, low, high = 0, np.float32(np.inf), np.float32(-np.inf)
         for chunk in chunks():
             chunk = np.asarray(chunk, dtype=np.float32)
             rows += len(chunk)
-            if len(chunk):
-                low = chunk.min(axis=0) if low is None else np.minimum(low, chunk.min(axis=0))
-                high = chunk.max(axis=0) if high is None else np.maximum(high, chunk.max(axis=0))
-            columns = chunk.shape[1]
-        if columns is None:
+            low = np.minimum(low, chunk.min(axis=0, initial=np.inf))
+            high = np.maximum(high, chunk.max(axis=0, initial=-np.inf))
+        if np.ndim(low) == 0:
             raise ValueError("chunks() yielded nothing; yield at least one (possibly empty) 2-d array of rows.")
         if rows == 0:
-            low = high = np.zeros(columns, dtype=np.float32)
-        if dtype == "float16" and max(np.abs(low).max(initial=0.0), np.abs(high).max(initial=0.0)) > 65504:
+            low = high = np.zeros_like(low)
+        if dtype == "float16" and np.abs(np.concatenate([low, high])).max(initial=0) > 65504:
             raise ValueError("Values exceed the float16 range; store this index as float32 or int8.")
         scale = center = None
         if dtype == "int8":
-            center = ((low + high) / 2).astype(np.float32)
-            # A constant column has no range; any positive scale reproduces it exactly from code 0.
-            scale = np.where(high > low, (high - low) / 254, 1.0).astype(np.float32)
-        if path is None:
-            data = np.empty((rows, columns), dtype=NUMPY_DTYPES[dtype])
-        else:
-            data = np.lib.format.open_memmap(path, mode="w+", dtype=NUMPY_DTYPES[dtype], shape=(rows, columns))
+            # The steps quantize_embeddings cuts [low, high] into; it gives each value its step's index - 128.
+            step = (high - low) / 255
+            scale = np.where(step == 0, 0, step)
+            center = np.where(step == 0, low, low + 128.5 * step)
+        shape, numpy_dtype = (rows, len(low)), NUMPY_DTYPES[dtype]
+        data = (
+            np.empty(shape, numpy_dtype) if path is None else np.lib.format.open_memmap(path, "w+", numpy_dtype, shape)
+        )
         start = 0
         for chunk in chunks():
             chunk = np.asarray(chunk, dtype=np.float32)
             if dtype == "int8":
-                chunk = np.clip(np.rint((chunk - center) / scale), -127, 127)
+                chunk = quantize_embeddings(chunk, "int8", ranges=np.stack([low, high]))
             data[start : start + len(chunk)] = chunk
             start += len(chunk)
         if start != rows:
@@ -128,17 +124,13 @@ class StoredMatrix:
         device = torch.device(device)
         if device == self.device:
             return self
-        if device.type == "cpu":
-            data = np.empty(self.shape, dtype=NUMPY_DTYPES[self.dtype])
-            for start in range(0, len(self), COPY_ROWS):
-                data[start : start + COPY_ROWS] = self.raw_chunk(start, start + COPY_ROWS).cpu().numpy()
-        else:
-            data = torch.empty(self.shape, dtype=TORCH_DTYPES[self.dtype], device=device)
-            for start in range(0, len(self), COPY_ROWS):
-                data[start : start + COPY_ROWS] = self.raw_chunk(start, start + COPY_ROWS).to(device)
+        on_host = device.type == "cpu"
+        empty = np.empty(self.shape, NUMPY_DTYPES[self.dtype]) if on_host else None
+        data = empty if on_host else torch.empty(self.shape, dtype=TORCH_DTYPES[self.dtype], device=device)
+        for start in range(0, len(self), COPY_ROWS):
+            chunk = self.raw_chunk(start, start + COPY_ROWS)
+            data[start : start + COPY_ROWS] = chunk.cpu().numpy() if on_host else chunk.to(device)
         return StoredMatrix(data, self.dtype, self.scale, self.center)
-
-    # -- reading -----------------------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
         return len(self.data)
@@ -157,10 +149,8 @@ class StoredMatrix:
 
     @property
     def nbytes(self) -> int:
-        extra = 0 if self.scale is None else self.scale.nbytes + self.center.nbytes
-        if isinstance(self.data, Tensor):
-            return self.data.numel() * self.data.element_size() + extra
-        return int(self.data.nbytes) + extra
+        maps = 0 if self.scale is None else self.scale.nbytes + self.center.nbytes
+        return len(self) * self.shape[1] * np.dtype(NUMPY_DTYPES[self.dtype]).itemsize + maps
 
     def raw_chunk(self, start: int, stop: int) -> Tensor:
         """Stored values of rows [start, stop) as a tensor where they are, without a copy where possible."""
@@ -178,10 +168,8 @@ class StoredMatrix:
     def rows(self, ids: Tensor | np.ndarray | Sequence[int]) -> Tensor:
         """Rows at arbitrary positions, in float32, on the storage's device."""
         if isinstance(self.data, Tensor):
-            ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
-            return self._dequantize(self.data.index_select(0, ids))
-        ids = ids.cpu().numpy() if isinstance(ids, Tensor) else np.asarray(ids)
-        ids = ids.astype(np.int64, copy=False).reshape(-1)
+            return self._dequantize(self.data.index_select(0, torch.as_tensor(ids, device=self.device).long()))
+        ids = np.asarray(ids.cpu() if isinstance(ids, Tensor) else ids, dtype=np.int64).reshape(-1)
         # Sorted reads touch each memory-mapped page once; the order is restored afterwards.
         order = np.argsort(ids, kind="stable")
         gathered = np.empty((ids.size, self.shape[1]), dtype=self.data.dtype)
@@ -193,12 +181,10 @@ class StoredMatrix:
 
         For int8 the scale is folded into ``right`` and the center into a constant, so the codes are only cast.
         """
-        raw = self.raw_chunk(start, stop)
-        if self.dtype == "float32":
+        raw = self.raw_chunk(start, stop).float()
+        if self.dtype != "int8":
             return raw @ right
-        if self.dtype == "float16":
-            return raw.float() @ right
-        return raw.float() @ (right * self._scale[:, None]) + self._center @ right
+        return raw @ (right * self.scale_tensor[:, None]) + self.center_tensor @ right
 
     def to_float32(self) -> np.ndarray:
         """All rows in float32, as a host numpy array."""
@@ -206,83 +192,55 @@ class StoredMatrix:
         return np.concatenate(chunks) if chunks else np.zeros(self.shape, dtype=np.float32)
 
     def _dequantize(self, raw: Tensor) -> Tensor:
-        if self.dtype == "float32":
-            return raw
-        values = raw.float()
         if self.dtype == "int8":
-            values = torch.addcmul(self._center, values, self._scale)
-        return values
-
-    # -- saving and loading ------------------------------------------------------------------------------------------
+            return torch.addcmul(self.center_tensor, raw.float(), self.scale_tensor)
+        return raw.float()
 
     @staticmethod
     def file_names(name: str, dtype: StorageDtype) -> list[str]:
         """The files :meth:`save` writes for a matrix called ``name``."""
-        extra = [f"{name}.scale.npy", f"{name}.center.npy"] if dtype == "int8" else []
-        return [f"{name}.npy", *extra]
+        return [f"{name}.npy", *([f"{name}.scale.npy", f"{name}.center.npy"] if dtype == "int8" else [])]
 
     def save(self, directory: Path, name: str) -> None:
         """Write ``name.npy`` (and, for int8, ``name.scale.npy`` and ``name.center.npy``) into ``directory``."""
-        path = directory / f"{name}.npy"
-        if isinstance(self.data, Tensor):  # written in chunks: no second full copy in host memory
-            out = np.lib.format.open_memmap(path, mode="w+", dtype=NUMPY_DTYPES[self.dtype], shape=self.shape)
-            for start in range(0, len(self), COPY_ROWS):
-                out[start : start + COPY_ROWS] = self.raw_chunk(start, start + COPY_ROWS).cpu().numpy()
-            out.flush()
-            del out
-        else:
-            np.save(path, self.data)
+        # Written in chunks: rows on an accelerator need no second full copy in host memory.
+        path, numpy_dtype = directory / f"{name}.npy", NUMPY_DTYPES[self.dtype]
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=numpy_dtype, shape=self.shape)
+        for start in range(0, len(self), COPY_ROWS):
+            out[start : start + COPY_ROWS] = self.raw_chunk(start, start + COPY_ROWS).cpu().numpy()
+        out.flush()
+        del out
         if self.dtype == "int8":
             np.save(directory / f"{name}.scale.npy", self.scale)
             np.save(directory / f"{name}.center.npy", self.center)
 
     @classmethod
     def load(
-        cls,
-        directory: Path,
-        name: str,
-        dtype: StorageDtype,
-        shape: tuple[int, int],
-        mmap: bool = True,
-        device: str | torch.device = "cpu",
+        cls, directory: Path, name: str, dtype: StorageDtype, shape: tuple[int, int], mmap: bool = True, device="cpu"
     ) -> StoredMatrix:
         """Read a matrix written by :meth:`save`, checking that its files hold ``dtype`` values of ``shape``.
 
         On the CPU with ``mmap`` the rows are memory-mapped; on an accelerator they are copied there in chunks.
-
-        Raises:
-            CorruptFileError: a file is missing, is not a readable ``.npy`` array (e.g. truncated), or holds another
-                dtype or shape than expected; the message names the file.
+        A file that is missing, unreadable or of another dtype or shape raises a :class:`CorruptFileError` naming it.
         """
-        device = torch.device(device)
         data = load_array(directory / f"{name}.npy", NUMPY_DTYPES[dtype], shape, mmap=mmap)
-        scale = center = None
-        if dtype == "int8":
-            scale = load_array(directory / f"{name}.scale.npy", np.float32, (shape[1],))
-            center = load_array(directory / f"{name}.center.npy", np.float32, (shape[1],))
-        return cls(data, dtype, scale, center).to(device)
+        maps = [load_array(directory / file, np.float32, shape[1:]) for file in cls.file_names(name, dtype)[1:]]
+        return cls(data, dtype, *maps).to(device)
 
 
-def load_array(
-    path: Path, dtype: type | np.dtype, shape: tuple[int | None, ...], mmap: bool = False, remedy: str = REBUILD
-) -> np.ndarray:
-    """An ``.npy`` array of ``dtype`` and ``shape`` (``None`` = any size), or a :class:`CorruptFileError` naming
-    ``path``: missing, unreadable (truncated, not an ``.npy`` file) or another dtype or shape."""
+def load_array(path: Path, dtype: type | np.dtype, shape: tuple[int, ...], mmap: bool = False) -> np.ndarray:
+    """An ``.npy`` array of ``dtype`` and ``shape``, or a :class:`CorruptFileError` naming ``path``: missing,
+    unreadable (truncated, not an ``.npy`` file) or another dtype or shape."""
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except FileNotFoundError:
-        raise CorruptFileError(f"{path} is missing: the saved folder is incomplete. {remedy}", path) from None
     except (ValueError, OSError, EOFError) as error:
-        raise CorruptFileError(
-            f"{path} is not a readable .npy array ({error}): the file is damaged (truncated?). {remedy}", path
-        ) from None
-    expected_dtype = np.dtype(dtype)
-    fits = len(array.shape) == len(shape) and all(want in (None, got) for want, got in zip(shape, array.shape))
-    if array.dtype != expected_dtype or not fits:
-        wanted = "(" + ", ".join("any" if size is None else str(size) for size in shape) + ")"
-        raise CorruptFileError(
-            f"{path} holds {array.dtype} values of shape {tuple(array.shape)}, but {expected_dtype} of shape "
-            f"{wanted} were expected: the folder mixes files from different saves. {remedy}",
+        missing = isinstance(error, FileNotFoundError)
+        problem = f"is not a readable .npy array ({error}): the file is damaged (truncated?)"
+        raise corrupt(path, "is missing: the saved folder is incomplete" if missing else problem) from None
+    if array.dtype != np.dtype(dtype) or array.shape != tuple(shape):
+        raise corrupt(
             path,
+            f"holds {array.dtype} values of shape {array.shape}, but {np.dtype(dtype)} of shape {tuple(shape)} were "
+            "expected: the folder mixes files from different saves",
         )
     return array

@@ -117,13 +117,13 @@ def test_bfloat16_screen_returns_exact_scores(students, candidates, queries, dev
     student = students["concat"]
     exact = brute_force_scores(student, queries, candidates)
     # Rescoring every candidate: identical to exhaustive float32 search.
-    full = CandidateIndex(student, candidates, precision="bfloat16", rescore_k=NUM_CANDIDATES, device=device)
+    full = CandidateIndex(student, candidates, rescore_k=NUM_CANDIDATES, device=device)
     scores, ids = full.search_embeddings(queries, top_k=5)
     expected_scores, expected_ids = exact.topk(5, dim=1)
     assert torch.equal(ids, expected_ids)
     torch.testing.assert_close(scores, expected_scores, atol=1e-4, rtol=1e-5)
     # A short rescoring list: whatever comes back carries its exact float32 score.
-    short = CandidateIndex(student, candidates, precision="bfloat16", rescore_k=8, device=device)
+    short = CandidateIndex(student, candidates, rescore_k=8, device=device)
     scores, ids = short.search_embeddings(queries, top_k=5)
     torch.testing.assert_close(scores, exact.gather(1, ids), atol=1e-4, rtol=1e-5)
 
@@ -137,11 +137,11 @@ def test_prefilter_rerank_returns_exact_head_scores(students, candidates, querie
         student,
         candidates,
         faiss_index=spec,
-        faiss_params=params,
         prefilter_metric="cosine",
         rerank_k=10,
         device=device,
     )
+    index.faiss_params = params
     scores, ids = index.search_embeddings(queries, top_k=5)
     exact = brute_force_scores(student, queries, candidates)
     torch.testing.assert_close(scores, exact.gather(1, ids), atol=1e-4, rtol=1e-5)
@@ -159,11 +159,12 @@ def test_prefilter_rerank_returns_exact_head_scores(students, candidates, querie
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_head_surrogate_prefilter(minilm_path, candidates, queries, precision):
     student = _student(minilm_path, "concat")
-    index = CandidateIndex(student, candidates, faiss_index="Flat", rerank_k=12, precision=precision, rescore_k=6)
+    rescore_k = 6 if precision == "bfloat16" else None  # a bfloat16 screen, then float32 rescoring of the best 6
+    index = CandidateIndex(student, candidates, faiss_index="Flat", rerank_k=12, rescore_k=rescore_k)
     scores, ids = index.search_embeddings(queries, top_k=5)
     exact = brute_force_scores(student, queries, candidates)
     torch.testing.assert_close(scores, exact.gather(1, ids), atol=1e-4, rtol=1e-5)
-    assert index.surrogate_query_vectors(queries).shape == (3, 2 * DIM)
+    assert index.prefilter.surrogate.query_vectors(index.head, 0, queries).shape == (3, 2 * DIM)
 
     # A head whose hidden units are always active and that ignores |u - v| is linear in v: the surrogate is then
     # exact up to a per-query constant, so a shortlist of exactly top_k candidates already holds the true top k.
@@ -174,7 +175,7 @@ def test_head_surrogate_prefilter(minilm_path, candidates, queries, precision):
     linear_index = CandidateIndex(student, candidates, faiss_index="Flat", rerank_k=5)
     exact = brute_force_scores(student, queries, candidates)
     surrogate = (
-        linear_index.surrogate_query_vectors(queries)
+        linear_index.prefilter.surrogate.query_vectors(index.head, 0, queries)
         @ torch.from_numpy(np.concatenate([candidates, candidates**2], axis=1)).T
     )
     offsets = exact - surrogate
@@ -267,11 +268,11 @@ def test_bad_settings_are_refused(students, candidates, tmp_path):
     with pytest.raises(ValueError, match="storage_dtype must be one of"):
         CandidateIndex(students["concat"], candidates, storage_dtype="int4")
     with pytest.raises(ValueError, match="applies to the concat head"):
-        CandidateIndex(students["factorized"], candidates, precision="bfloat16")
+        CandidateIndex(students["factorized"], candidates, rescore_k=100)
     with pytest.raises(ValueError, match="faiss cannot build"):
         CandidateIndex(students["concat"], candidates, faiss_index="NoSuchIndex")
     with pytest.raises(ValueError, match="cannot apply the search parameters 'nprobe=4'"):
-        CandidateIndex(students["concat"], candidates, faiss_index="Flat", faiss_params="nprobe=4")
+        CandidateIndex(students["concat"], candidates, faiss_index="Flat").faiss_params = "nprobe=4"
     with pytest.raises(FileNotFoundError, match="not a saved CandidateIndex"):
         CandidateIndex.load(tmp_path, students["concat"])
 
@@ -329,7 +330,7 @@ def test_tensor_backed_index_searches_and_saves_like_numpy_backed(students, cand
     reference = CandidateIndex(student, candidates, storage_dtype="int8", faiss_index="Flat", rerank_k=12)
     stored = reference.embeddings
     backed = StoredMatrix(torch.from_numpy(stored.data.copy()), "int8", stored.scale, stored.center)
-    index = CandidateIndex(student, backed, faiss_index="Flat", rerank_k=12, precision="float32")
+    index = CandidateIndex(student, backed, faiss_index="Flat", rerank_k=12)
     assert isinstance(index.embeddings.data, torch.Tensor)
     for top_k in (1, 5):
         expected, got = reference.search_embeddings(queries, top_k), index.search_embeddings(queries, top_k)

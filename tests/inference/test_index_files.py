@@ -56,8 +56,6 @@ def test_manifest_lists_exactly_the_saved_files(saved):
         "embeddings.scale.npy",
         "embeddings.center.npy",
         "faiss.index",
-        "surrogate_reference.npy",
-        "surrogate_scale.npy",
     }
     assert set(read_manifest(saved)) == expected
     assert {path.name for path in saved.iterdir()} == expected | {MANIFEST_NAME}
@@ -87,7 +85,7 @@ def test_embeddings_of_another_corpus_are_refused(student, saved, tmp_path):
         CandidateIndex.load(saved, student)
 
 
-@pytest.mark.parametrize("name", ["embeddings.npy", "embeddings.center.npy", "surrogate_reference.npy"])
+@pytest.mark.parametrize("name", ["embeddings.npy", "embeddings.center.npy", "embeddings.scale.npy"])
 def test_truncated_file_is_named_in_every_mode(student, saved, name):
     _truncate(saved / name)
     for verify in ("full", "size"):
@@ -122,8 +120,8 @@ def test_folder_without_manifest_loads_with_a_warning(student, saved, caplog):
 
 
 def test_missing_file_is_named(student, saved):
-    (saved / "surrogate_scale.npy").unlink()
-    with pytest.raises(CorruptFileError, match=r"surrogate_scale\.npy is missing"):
+    (saved / "embeddings.center.npy").unlink()
+    with pytest.raises(CorruptFileError, match=r"embeddings\.center\.npy is missing"):
         CandidateIndex.load(saved, student, verify="size")
 
 

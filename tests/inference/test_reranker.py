@@ -151,7 +151,7 @@ def test_cache_is_bounded(binary_student):
     scores = reranker.predict([[QUERY, document] for document in DOCUMENTS])
     assert reranker.num_cached == 3
     # The three most recent documents stay; scores do not depend on what was cached.
-    assert list(reranker._cache) == DOCUMENTS[-3:]
+    assert list(reranker.cache) == DOCUMENTS[-3:]
     np.testing.assert_allclose(reranker.predict([[QUERY, document] for document in DOCUMENTS]), scores, atol=1e-6)
     with pytest.raises(ValueError, match="cache_size"):
         DSEReranker(binary_student, cache_size=-1)
