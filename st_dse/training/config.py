@@ -145,8 +145,6 @@ class DistillConfig:
             )
 
 
-
-
 @dataclass
 class RunConfig:
     """Where a run's outputs go, and what may happen to what is already there."""

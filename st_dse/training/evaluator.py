@@ -30,17 +30,13 @@ def relative_degradation(teacher_metrics: dict[str, float], student_metrics: dic
     return 100 * (teacher_metrics[metric] - student_metrics[metric]) / teacher_metrics[metric]
 
 
-def evaluate_student(
-    model: SentenceTransformer, task: TaskSpec, dataset: datasets.Dataset, batch_size: int = 64
-):
+def evaluate_student(model: SentenceTransformer, task: TaskSpec, dataset: datasets.Dataset, batch_size: int = 64):
     """Task metrics of a student's PairHead on ``dataset`` (columns sentence1, sentence2, label)."""
     logits = score_pairs(model, dataset["sentence1"], dataset["sentence2"], batch_size=batch_size)
     return task_metrics(task, logits, dataset["label"])
 
 
-def evaluate_cross_encoder(
-    cross_encoder: CrossEncoder, task: TaskSpec, dataset: datasets.Dataset, batch_size=64
-):
+def evaluate_cross_encoder(cross_encoder: CrossEncoder, task: TaskSpec, dataset: datasets.Dataset, batch_size=64):
     """Task metrics of a cross-encoder teacher on ``dataset``, from its raw logits."""
     pairs = list(zip(dataset["sentence1"], dataset["sentence2"]))
     return task_metrics(task, raw_logits(cross_encoder, pairs, batch_size=batch_size), dataset["label"])
