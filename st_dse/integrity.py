@@ -170,8 +170,9 @@ def atomic_save_dir(
     ``manifest`` (True or a file name) records every written file; ``durable`` fsyncs them. Then the old ``target`` is
     renamed aside, the new folder renamed in, and the old one deleted: a kill at any moment leaves the whole old or the
     whole new folder, and the next save or load (:func:`recover_interrupted_save`) removes what it left beside it. If
-    ``write`` fails, ``target`` is untouched. Anything that must survive a save must live outside ``target``, and one
-    process at a time may save to it or load it while it is saved. Open memory maps of old files stay valid on POSIX.
+    ``write`` fails, ``target`` is untouched. Anything that must survive a save must live outside ``target``. One
+    process at a time may save to ``target``, and none should load it meanwhile (a load repairs interrupted saves, so
+    it would delete this one's unfinished folder). Open memory maps of old files stay valid on POSIX.
     """
     target, problem = Path(os.path.abspath(target)), None
     if target.is_symlink():
@@ -213,8 +214,8 @@ def recover_interrupted_save(target: PathLike, *, durable: bool = True) -> bool:
     """Repair what an interrupted :func:`atomic_save_dir` left beside ``target``; True when an old folder was put back.
 
     A save killed between its two renames leaves no ``target``: the old folder, set aside whole, is renamed back.
-    The rest a save leaves beside ``target`` (an unfinished new folder, an old one being deleted) is deleted. Safe to
-    call again after being killed itself.
+    The rest a save leaves beside ``target`` (an unfinished new folder, an old one being deleted) is deleted. Call it
+    while no save to ``target`` runs; it is safe to call again after being killed itself.
     """
     target = Path(os.path.abspath(target))
     prefixes = tuple(f".{target.name}.{kind}-" for kind in ("old", "tmp", "del"))

@@ -240,7 +240,7 @@ def check_model_folder(model_name_or_path: str, **download_options) -> list[str]
         listed = [
             (f"{modules_path}, entry {index}", entry["type"], entry["path"]) for index, entry in enumerate(entries)
         ]
-    for where, class_ref, subfolder, module_class in _modules(model_name_or_path, listed, download_options):
+    for where, class_ref, subfolder, module_class in _folder_modules(model_name_or_path, listed, download_options):
         if not class_ref.startswith("sentence_transformers.") and class_ref not in OWN_TYPES:
             foreign.append(f"{where} names the module class {class_ref!r}")
         elif isinstance(module_class, type) and issubclass(module_class, Dense):
@@ -263,7 +263,7 @@ def _entry_problem(entry: Any) -> str | None:
     )
 
 
-def _modules(name: str, listed: list[tuple[str, str, str]], options: dict[str, Any]) -> Iterator[tuple]:
+def _folder_modules(name: str, listed: list[tuple[str, str, str]], options: dict[str, Any]) -> Iterator[tuple]:
     """``(where named, class name, subfolder, class)`` of each module, the class only for sentence-transformers' own;
     the modules of a Router follow it."""
     for where, class_ref, subfolder in listed:
@@ -278,7 +278,7 @@ def _modules(name: str, listed: list[tuple[str, str, str]], options: dict[str, A
             types = ((_read_json(path, dict, "")[0] if path else None) or {}).get("types")
             routes = types.items() if isinstance(types, dict) else ()
             sub = [(f"{path}, types[{key!r}]", ref, str(PurePosixPath(subfolder, key))) for key, ref in routes]
-            yield from _modules(name, [route for route in sub if isinstance(route[1], str)], options)
+            yield from _folder_modules(name, [route for route in sub if isinstance(route[1], str)], options)
 
 
 def _activation_problem(name: str, subfolder: str, options: dict[str, Any]) -> str | None:
