@@ -1,11 +1,8 @@
 """st_dse: Distilled Sentence Embedding (DSE) for sentence-transformers.
 
 Distil a cross-encoder teacher's logits into a siamese SentenceTransformer student with a pair head, so that
-candidates are encoded once and every query costs one encode plus cheap head evaluations.
-
-The package follows the data flow: ``st_dse.data`` (tasks, readers, augmentation) -> ``st_dse.teacher`` (labelling
-and its cache) -> ``st_dse.student`` and ``st_dse.modules`` (the student and its PairHead) -> ``st_dse.losses`` and
-``st_dse.training`` (DSELoss, training, evaluation, model card) -> ``st_dse.inference`` (scoring and search).
+candidates are encoded once and every query costs one encode plus cheap head evaluations. The package follows the
+data flow: ``data`` -> ``teacher`` -> ``student`` and ``modules`` -> ``losses`` and ``training`` -> ``inference``.
 """
 
 from __future__ import annotations

@@ -22,19 +22,15 @@ def hash_state_dict(digest: hashlib._Hash, module: nn.Module) -> None:
 
 def weights_fingerprint(module: nn.Module, settings: dict[str, Any]) -> str:
     """A SHA-256 hex digest of ``settings`` (JSON) followed by every weight of ``module``."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     hash_state_dict(digest, module)
     return digest.hexdigest()
 
 
 def model_fingerprint(model: SentenceTransformer) -> str:
-    """A hex digest of everything that decides a student's embeddings and head scores.
-
-    It hashes every weight (name, dtype, shape, bytes) and each module's class and settings (pooling mode,
-    maximum sequence length, head config), so a further fine-tuned or differently configured copy of a model
-    gets another fingerprint even when it was saved under the same path.
-    """
+    """A hex digest of everything that decides a student's embeddings and head scores: every weight, and each module's
+    class and settings (pooling mode, maximum sequence length, head config), so that a further fine-tuned or otherwise
+    configured copy of a model saved under the same path gets another fingerprint."""
     digest = hashlib.sha256()
     for name, module in model.named_children():
         config = module.get_config_dict() if hasattr(module, "get_config_dict") else {}

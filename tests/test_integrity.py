@@ -33,7 +33,7 @@ from st_dse.integrity import (
 
 MODULE_PATH = Path(__file__).resolve().parents[1] / "st_dse" / "integrity.py"
 FILES = ["f0.bin", "f1.bin", "f2.bin", "f3.bin", "f4.bin", "sub/f5.bin"]
-posix_only = pytest.mark.skipif(os.name != "posix", reason="SIGKILL and process ids as used here are POSIX-only")
+posix_only = pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX-only")
 
 
 def _content(tag: str, index: int) -> bytes:
@@ -174,15 +174,19 @@ def test_write_manifest_lists_every_file_by_default(saved: Path) -> None:
 # -- atomic folder replacement ---------------------------------------------------------------------------------------
 
 
-def test_atomic_save_replaces_the_whole_folder(tmp_path: Path) -> None:
+def test_atomic_save_replaces_the_whole_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "nested" / "model"
-    steps = []
-    atomic_save_dir(target, lambda folder: _write_version(folder, "A"), _step_hook=steps.append)
+    renames, rename = [], os.rename
+    monkeypatch.setattr(
+        os, "rename", lambda source, destination: renames.append(destination) or rename(source, destination)
+    )
+    atomic_save_dir(target, lambda folder: _write_version(folder, "A"))
     assert _version_of(target) == "A"
-    assert "moved old folder aside" not in steps  # there was none
+    assert renames == [target]  # there was no old folder to move aside
     (target / "stale.txt").write_text("from an earlier save")
-    atomic_save_dir(target, lambda folder: _write_version(folder, "B"), _step_hook=steps.append)
+    atomic_save_dir(target, lambda folder: _write_version(folder, "B"))
     assert _version_of(target) == "B"  # the stray file of the old folder did not survive
+    assert renames[1].name.startswith(".model.old-") and renames[2] == target  # old aside, new in, old discarded
     assert sorted(os.listdir(target.parent)) == ["model"]
 
 
@@ -207,6 +211,23 @@ def test_failed_write_leaves_the_old_folder_and_no_leftovers(tmp_path: Path) -> 
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
+def test_failed_rename_puts_the_old_folder_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "model"
+    atomic_save_dir(target, lambda folder: _write_version(folder, "A"))
+    rename = os.rename
+
+    def rename_new_folder_fails(source, destination):
+        if Path(destination) == target and Path(source).name.startswith(".model.tmp-"):
+            raise OSError("device busy")
+        rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", rename_new_folder_fails)
+    with pytest.raises(OSError, match="device busy"):
+        atomic_save_dir(target, lambda folder: _write_version(folder, "B"))
+    assert _version_of(target) == "A"
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
 def test_refuses_files_and_symlinks(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file, not a folder"):
@@ -217,30 +238,26 @@ def test_refuses_files_and_symlinks(tmp_path: Path) -> None:
         atomic_save_dir(tmp_path / "link", lambda folder: None)
 
 
-def _dead_pid() -> int:
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
-    return int(child.stdout)
-
-
-@posix_only
-def test_recovery_restores_old_and_removes_only_dead_leftovers(tmp_path: Path) -> None:
+def test_recovery_restores_old_and_removes_leftovers(tmp_path: Path) -> None:
     target = tmp_path / "model"
-    old = tmp_path / f".model.old-{_dead_pid()}-ab12"
+    old = tmp_path / ".model.old-ab12cd34"  # what a save killed between its two renames leaves
     old.mkdir()
     _write_version(old, "A")
-    dead_tmp = tmp_path / f".model.tmp-{_dead_pid()}-cd34"
-    dead_tmp.mkdir()
-    (dead_tmp / "f0.bin").write_bytes(b"partial")
-    live_tmp = tmp_path / f".model.tmp-{os.getppid()}-ef56"  # the pytest runner's parent process: alive
-    live_tmp.mkdir()
+    unfinished = tmp_path / ".model.tmp-cd34ef56"  # the new folder of that save
+    unfinished.mkdir()
+    (unfinished / "f0.bin").write_bytes(b"partial")
+    (tmp_path / ".model.del-ef56ab12").mkdir()  # a deletion cut short
+    (tmp_path / ".model-mine").mkdir()  # a user's own folder, whatever its name
     assert recover_interrupted_save(target) is True
     assert _version_of(target) == "A"
-    assert sorted(os.listdir(tmp_path)) == sorted(["model", live_tmp.name])
+    assert sorted(os.listdir(tmp_path)) == [".model-mine", "model"]
     assert recover_interrupted_save(target) is False  # nothing left to do
 
 
 # -- SIGKILL at every step -------------------------------------------------------------------------------------------
 
+# The child traces every file-system call a save or a recovery makes (renames, folder creation, file and folder
+# deletion, fsyncs) and, with a kill point k, kills itself with SIGKILL right after the k-th of them.
 CHILD = r"""
 import importlib.util, os, signal, sys
 spec = importlib.util.spec_from_file_location("integrity_under_test", sys.argv[1])
@@ -250,10 +267,18 @@ action, target, tag, kill_at = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.ar
 FILES = sys.argv[6].split(",")
 steps = []
 
-def hook(step):
+def step(name):
     if len(steps) == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
-    steps.append(step)
+    steps.append(name)
+
+def traced(name, function):
+    def call(*args, **kwargs):
+        result = function(*args, **kwargs)
+        paths = [os.path.basename(os.fspath(arg)) for arg in args[:2] if isinstance(arg, (str, os.PathLike))]
+        step(" ".join([name, *paths]))
+        return result
+    return call
 
 def write(folder):
     for index, name in enumerate(FILES):
@@ -263,21 +288,24 @@ def write(folder):
         with open(path, "wb") as handle:
             handle.write(data[: len(data) // 2])
             handle.flush()
-            hook("half of " + name)
+            step("half of " + name)
             handle.write(data[len(data) // 2 :])
-        hook("wrote " + name)
+        step("wrote " + name)
     integrity.write_manifest(folder, FILES)
-    hook("wrote manifest")
+    step("wrote manifest")
 
-if action == "save":
-    integrity.atomic_save_dir(target, write, _step_hook=hook)
-elif action == "loop":
+if action == "loop":
     print("ready", flush=True)
     while True:
         for tag in "AB":
             integrity.atomic_save_dir(target, write)
+for name in ("rename", "mkdir", "unlink", "rmdir"):
+    setattr(os, name, traced(name, getattr(os, name)))
+integrity._fsync = traced("fsync", integrity._fsync)
+if action == "save":
+    integrity.atomic_save_dir(target, write)
 else:
-    integrity.recover_interrupted_save(target, _step_hook=hook)
+    integrity.recover_interrupted_save(target)
 print("\n".join(steps))
 """
 
@@ -298,16 +326,24 @@ def _state_after_recovery(target: Path) -> str | None:
     return _version_of(target) if target.exists() else None
 
 
+def _placed(steps: list[str], target: Path) -> int:
+    """The index of the step that renamed the new folder into place."""
+    return next(i for i, step in enumerate(steps) if step.startswith("rename .") and step.endswith(f" {target.name}"))
+
+
 @posix_only
 def test_sigkill_at_every_step_leaves_a_whole_old_or_new_folder(tmp_path: Path) -> None:
     probe, fresh, target = tmp_path / "probe" / "saved", tmp_path / "fresh" / "saved", tmp_path / "over" / "saved"
+    for folder in (probe, fresh):
+        folder.parent.mkdir()  # so that no run but the first creates it
     first_save = _child("save", probe, "A")  # the steps of a save, learnt from runs that are not killed
     overwrite = _child("save", probe, "B")
-    assert "moved old folder aside" in overwrite and "moved old folder aside" not in first_save
+    assert any(step.startswith("rename saved .saved.old-") for step in overwrite)  # the old folder moved aside
+    assert not any(step.startswith("rename saved") for step in first_save)  # the first save has none
     assert _state_after_recovery(probe) == "B"
     for k in range(len(first_save)):  # the first save of a folder: nothing, or the whole new folder
         _child("save", fresh, "A", kill_at=k)
-        expected = "A" if k >= first_save.index("moved new folder into place") else None
+        expected = "A" if k >= _placed(first_save, fresh) else None
         assert _state_after_recovery(fresh) == expected, f"killed after {first_save[k]!r}"
         shutil.rmtree(fresh, ignore_errors=True)
     atomic_save_dir(target, lambda folder: _write_version(folder, "A"))
@@ -315,7 +351,7 @@ def test_sigkill_at_every_step_leaves_a_whole_old_or_new_folder(tmp_path: Path) 
         old = _version_of(target)
         new = "A" if old == "B" else "B"
         _child("save", target, new, kill_at=k)
-        expected = new if k >= overwrite.index("moved new folder into place") else old
+        expected = new if k >= _placed(overwrite, target) else old
         assert _state_after_recovery(target) == expected, f"killed after {overwrite[k]!r}"
     assert len(first_save) + len(overwrite) >= 30
 
@@ -325,7 +361,8 @@ def test_sigkill_during_recovery_is_recovered(tmp_path: Path) -> None:
     target = tmp_path / "over" / "saved"
     atomic_save_dir(target, lambda folder: _write_version(folder, "A"))
     _child("save", tmp_path / "probe" / "saved", "A")
-    between_renames = _child("save", tmp_path / "probe" / "saved", "B").index("moved old folder aside")
+    overwrite = _child("save", tmp_path / "probe" / "saved", "B")
+    between_renames = next(i for i, step in enumerate(overwrite) if step.startswith("rename saved .saved.old-"))
     recovery_steps: list[str] | None = None
     k = 0
     while recovery_steps is None or k < len(recovery_steps):
@@ -334,7 +371,7 @@ def test_sigkill_during_recovery_is_recovered(tmp_path: Path) -> None:
         assert not target.exists()  # killed between the two renames: only hidden folders remain
         if recovery_steps is None:  # learn the recovery's steps from one run that is not killed
             recovery_steps = _child("recover", target)
-            assert recovery_steps[0] == "restored old folder", recovery_steps
+            assert recovery_steps[0].startswith("rename .saved.old-") and recovery_steps[0].endswith(" saved")
         else:  # then kill the recovery itself after each of them
             _child("recover", target, kill_at=k)
             k += 1

@@ -1,24 +1,20 @@
 """PairHead: a sentence-transformers module that turns two sentence embeddings into task logits.
 
 The head passes features through untouched, so ``model.encode()`` returns the same embeddings with or without it. A
-saved student keeps it beside the standard modules of its folder (config + safetensors); :func:`st_dse.load_student`
-brings it back. The loss only borrows it.
+saved student keeps it beside the standard modules of its folder (config, safetensors weights and their checksums);
+:func:`st_dse.load_student` brings it back. The loss only borrows it.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import numbers
 import os
-from typing import Any, Literal
-
-try:
-    from typing import Self
-except ImportError:  # Python 3.10
-    from typing_extensions import Self
+from collections.abc import Iterator
+from typing import Any, Literal, get_args
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model as load_safetensors_model
 from sentence_transformers.base.modules import Module
 from torch import Tensor, nn
@@ -26,17 +22,9 @@ from torch import Tensor, nn
 from st_dse.hub import hub_kwargs
 from st_dse.integrity import verify_manifest, write_manifest
 
-logger = logging.getLogger(__name__)
-
-
 HeadType = Literal["concat", "factorized"]
 ProblemType = Literal["binary", "multiclass", "regression"]
 Output = Literal["logits", "probabilities", "labels"]
-
-HEAD_TYPES = ("concat", "factorized")
-PROBLEM_TYPES = ("binary", "multiclass", "regression")
-# Version of the saved head format. Bump it when the saved config or weights change meaning, and keep loading old ones.
-FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 RESAVE = "Save the model again with model.save(path), or copy the whole folder again."
 
@@ -50,8 +38,7 @@ class PairHead(Module):
       Most accurate, but every (query, candidate) pair runs the MLP.
     - ``"factorized"``: each side goes through its own MLP to a vector per label, and the logit is their inner
       product plus a per-side bias: ``logit_k = <q_k(u), c_k(v)> + b_k(u) + b'_k(v) + bias_k``. Candidate sides can be
-      precomputed, and scoring becomes a maximum-inner-product search (see :meth:`query_vectors` and
-      :meth:`candidate_vectors`).
+      precomputed, and scoring becomes a maximum-inner-product search (see :meth:`query_vectors`).
 
     Args:
         in_features: Dimension of the sentence embeddings the head receives.
@@ -63,19 +50,10 @@ class PairHead(Module):
         rank: Size of each side's per-label vector in the factorized head. Defaults to ``hidden_dim // 4``.
         dropout: Dropout on the head's hidden layer during training.
         label_names: Optional names of the classes, saved with the head for users of the model.
-        format_version: Version of the saved format; set by loading, leave it alone.
     """
 
     config_keys: list[str] = [
-        "in_features",
-        "num_labels",
-        "head_type",
-        "hidden_dim",
-        "problem_type",
-        "rank",
-        "dropout",
-        "label_names",
-        "format_version",
+        *("in_features", "num_labels", "head_type", "hidden_dim", "problem_type", "rank", "dropout", "label_names")
     ]
 
     def __init__(
@@ -88,72 +66,43 @@ class PairHead(Module):
         rank: int | None = None,
         dropout: float = 0.0,
         label_names: list[str] | None = None,
-        format_version: int = FORMAT_VERSION,
     ) -> None:
         super().__init__()
-        if format_version > FORMAT_VERSION:
-            raise ValueError(
-                f"This PairHead was saved in format version {format_version}, newer than the {FORMAT_VERSION} this "
-                "st_dse understands. Upgrade st_dse (`pip install -U st_dse`) to load it."
-            )
-        check_head_arguments(in_features, num_labels, head_type, hidden_dim, problem_type, rank, dropout)
-        if problem_type is None:
-            problem_type = "multiclass" if num_labels > 1 else "binary"
-        if label_names is not None and problem_type != "regression":
-            expected = 2 if problem_type == "binary" else num_labels
-            if len(label_names) != expected:
-                raise ValueError(f"Expected {expected} label_names for a {problem_type} head, got {label_names}.")
-        self.in_features = in_features
-        self.num_labels = num_labels
-        self.head_type = head_type
-        self.hidden_dim = hidden_dim
-        self.problem_type = problem_type
-        self.rank = rank if rank is not None else max(1, hidden_dim // 4)
-        self.dropout = dropout
+        settings = (in_features, num_labels, head_type, hidden_dim, problem_type, rank, dropout, label_names)
+        if problem := next(_setting_problems(*settings), None):
+            raise ValueError(problem)
+        self.in_features, self.num_labels, self.head_type = in_features, num_labels, head_type
+        self.hidden_dim, self.problem_type = hidden_dim, problem_type or _default_problem_type(num_labels)
+        self.rank, self.dropout = rank if rank is not None else max(1, hidden_dim // 4), dropout
         self.label_names = list(label_names) if label_names is not None else None
-        self.format_version = FORMAT_VERSION
-
         if head_type == "concat":
-            self.classifier = nn.Sequential(
-                nn.Linear(4 * in_features, hidden_dim),
-                nn.ReLU(),
-                nn.Dropout(dropout),
-                nn.Linear(hidden_dim, num_labels),
-            )
-        else:
-            # Each side outputs, per label, `rank` vector components and one bias term.
-            side_out = num_labels * (self.rank + 1)
-            self.query_projection = self._side_mlp(in_features, hidden_dim, side_out, dropout)
-            self.candidate_projection = self._side_mlp(in_features, hidden_dim, side_out, dropout)
+            self.classifier = _mlp(4 * in_features, hidden_dim, num_labels, dropout)
+        else:  # each side outputs, per label, `rank` vector components and one bias term
+            self.query_projection = _mlp(in_features, hidden_dim, num_labels * (self.rank + 1), dropout)
+            self.candidate_projection = _mlp(in_features, hidden_dim, num_labels * (self.rank + 1), dropout)
             self.bias = nn.Parameter(torch.zeros(num_labels))
-
-    @staticmethod
-    def _side_mlp(in_features: int, hidden_dim: int, out_features: int, dropout: float) -> nn.Sequential:
-        return nn.Sequential(
-            nn.Linear(in_features, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_features)
-        )
 
     def forward(self, features: dict[str, Tensor | Any], **kwargs) -> dict[str, Tensor | Any]:
         # The head scores pairs, not single sentences: encode() must return the embedding it was given.
         return features
 
-    # -- scoring -------------------------------------------------------------------------------------------------
-
-    def _check_embeddings(self, *embeddings: Tensor) -> None:
-        for embedding in embeddings:
-            if embedding.shape[-1] != self.in_features:
-                raise ValueError(
-                    f"The PairHead expects embeddings of dimension {self.in_features}, got {embedding.shape[-1]}. "
-                    "Were the embeddings made by another model?"
-                )
+    def _check_input(self, *embeddings: Tensor, paired: bool = False, factorized: bool = False) -> None:
+        """Embeddings of the head's width (``paired``: two of one shape), for a factorized head if ``factorized``."""
+        widths = [embedding.shape[-1] for embedding in embeddings if embedding.shape[-1] != self.in_features]
+        problem = None
+        if factorized and self.head_type != "factorized":
+            problem = "query_vectors/candidate_vectors exist only for head_type='factorized'."
+        elif widths:
+            problem = f"The PairHead expects embeddings of dimension {self.in_features}, got {widths[0]}. Were the "
+            problem += "embeddings made by another model?"
+        elif paired and embeddings[0].shape != embeddings[1].shape:
+            problem = f"Embedding pairs must have the same shape, got {embeddings[0].shape} and {embeddings[1].shape}."
+        if problem:
+            raise ValueError(problem)
 
     def score(self, embeddings1: Tensor, embeddings2: Tensor) -> Tensor:
         """Logits ``(batch, num_labels)`` for row-aligned embedding pairs, each ``(batch, in_features)``."""
-        self._check_embeddings(embeddings1, embeddings2)
-        if embeddings1.shape != embeddings2.shape:
-            raise ValueError(
-                f"Embedding pairs must have the same shape, got {embeddings1.shape} and {embeddings2.shape}."
-            )
+        self._check_input(embeddings1, embeddings2, paired=True)
         dtype = self._parameter_dtype()
         u, v = embeddings1.to(dtype), embeddings2.to(dtype)
         if self.head_type == "concat":
@@ -163,11 +112,10 @@ class PairHead(Module):
     def score_all(self, query_embeddings: Tensor, candidate_embeddings: Tensor) -> Tensor:
         """Logits of every query against every candidate: shape ``(num_queries, num_candidates, num_labels)``.
 
-        Vectorised over candidates. For the concat head the first layer is regrouped (see :func:`concat_hidden`) so
-        that the ``u`` terms are computed once per query instead of once per pair. Dropout is not applied: this is
-        for scoring a trained head; :meth:`score` is the training path.
+        Vectorised over candidates; the concat head's first layer is regrouped (see :func:`concat_hidden`) so that the
+        ``u`` terms are computed once per query. Dropout is not applied: :meth:`score` is the training path.
         """
-        self._check_embeddings(query_embeddings, candidate_embeddings)
+        self._check_input(query_embeddings, candidate_embeddings)
         dtype = self._parameter_dtype()
         queries, candidates = query_embeddings.to(dtype), candidate_embeddings.to(dtype)
         if self.head_type == "factorized":
@@ -184,8 +132,7 @@ class PairHead(Module):
         """
         projected = self._side("query_projection", embeddings)
         vector, side_bias = projected[..., :-1], projected[..., -1:]
-        ones = torch.ones_like(side_bias)
-        return torch.cat([vector, ones, side_bias + self.bias[:, None]], dim=-1)
+        return torch.cat([vector, torch.ones_like(side_bias), side_bias + self.bias[:, None]], dim=-1)
 
     def candidate_vectors(self, embeddings: Tensor) -> Tensor:
         """Factorized head only: candidate-side vectors ``(batch, num_labels, rank + 2)``; see query_vectors."""
@@ -193,17 +140,13 @@ class PairHead(Module):
         vector, side_bias = projected[..., :-1], projected[..., -1:]
         return torch.cat([vector, side_bias, torch.ones_like(side_bias)], dim=-1)
 
-    def _side(self, projection_name: str, embeddings: Tensor) -> Tensor:
-        if self.head_type != "factorized":
-            raise ValueError("query_vectors/candidate_vectors exist only for head_type='factorized'.")
-        self._check_embeddings(embeddings)
-        out = getattr(self, projection_name)(embeddings.to(self._parameter_dtype()))
+    def _side(self, projection: str, embeddings: Tensor) -> Tensor:
+        self._check_input(embeddings, factorized=True)
+        out = getattr(self, projection)(embeddings.to(self._parameter_dtype()))
         return out.view(*embeddings.shape[:-1], self.num_labels, self.rank + 1)
 
     def _parameter_dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
-
-    # -- saving and loading -------------------------------------------------------------------------------------
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
         os.makedirs(output_path, exist_ok=True)
@@ -213,107 +156,65 @@ class PairHead(Module):
         write_manifest(output_path, [self.config_file_name, WEIGHTS_NAME])
 
     @classmethod
-    def load_beside(cls, model_name_or_path: str, subfolder: str, **download_options) -> Self | None:
-        """The head saved in ``subfolder`` of a model folder or Hub repository, or None when there is none."""
-        config_path = cls.load_file_path(
-            model_name_or_path, cls.config_file_name, subfolder=subfolder, **hub_kwargs(download_options)
-        )
-        return None if config_path is None else cls.load(model_name_or_path, subfolder=subfolder, **download_options)
-
-    @classmethod
-    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> Self:
-        download_options = hub_kwargs(kwargs)
-        where = os.path.join(model_name_or_path, subfolder)
+    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> PairHead:
+        """Load a head saved by :meth:`save`; the files of a local folder are first checked against its checksums."""
+        download_options, where = hub_kwargs(kwargs), os.path.join(model_name_or_path, subfolder)
         if os.path.isdir(where):
-            # A local folder: its files must be the ones the head was saved with (sizes and SHA-256).
             verify_manifest(where, files=[cls.config_file_name, WEIGHTS_NAME], remedy=RESAVE)
-        config_path = cls.load_file_path(
-            model_name_or_path, cls.config_file_name, subfolder=subfolder, **download_options
+        config_path, weights_path = (
+            cls.load_file_path(model_name_or_path, name, subfolder=subfolder, **download_options)
+            or os.path.join(where, name)  # missing: opening it names the file
+            for name in (cls.config_file_name, WEIGHTS_NAME)
         )
-        weights_path = cls.load_file_path(model_name_or_path, WEIGHTS_NAME, subfolder=subfolder, **download_options)
-        for path, name in ((config_path, cls.config_file_name), (weights_path, WEIGHTS_NAME)):
-            if path is None:
-                raise FileNotFoundError(
-                    f"The PairHead file {os.path.join(where, name)!r} is missing: the model folder is incomplete. "
-                    "Save the model again with model.save(path), or copy the whole folder."
-                )
-        config = cls._read_config(config_path)
         try:
-            head = cls(**config)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"The PairHead config {config_path!r} is not valid: {error}. {RESAVE}") from None
-        try:
-            missing, unexpected = load_safetensors_model(head, weights_path, strict=False)
-        except Exception as error:  # shape mismatch, truncated or corrupted file
+            with open(config_path, encoding="utf-8") as handle:
+                head = cls(**json.load(handle))
+            load_safetensors_model(head, weights_path)  # strict: every weight, in the shapes of the config
+        except (TypeError, ValueError, RuntimeError, SafetensorError) as error:
             raise ValueError(
-                f"The PairHead weights in {weights_path!r} do not match its config {config_path!r} ({config}): "
-                f"{error}. The folder mixes files from different models; save the model again."
-            ) from error
-        if missing or unexpected:
-            raise ValueError(
-                f"The PairHead weights in {weights_path!r} do not match its config {config_path!r}: missing "
-                f"{sorted(missing)}, unexpected {sorted(unexpected)}. The folder mixes files from different models."
-            )
+                f"The PairHead config {config_path!r} and weights {weights_path!r} do not match or are damaged "
+                f"({error}). {RESAVE}"
+            ) from None
         return head
 
-    @classmethod
-    def _read_config(cls, config_path: str) -> dict[str, Any]:
-        """The head's config, checked: a JSON object with ``in_features`` and ``num_labels`` of the right types."""
-        try:
-            with open(config_path, encoding="utf-8") as f:
-                config = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"The PairHead config {config_path!r} is not readable JSON ({error}). {RESAVE}") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"The PairHead config {config_path!r} must be a JSON object. {RESAVE}")
-        for key, kind in (("in_features", int), ("num_labels", int), ("hidden_dim", int), ("head_type", str)):
-            if key in config and (not isinstance(config[key], kind) or isinstance(config[key], bool)):
-                raise ValueError(
-                    f"The PairHead config {config_path!r}: {key!r} must be {kind.__name__}, got {config[key]!r}. "
-                    f"{RESAVE}"
-                )
-        if "in_features" not in config:
-            raise ValueError(f"The PairHead config {config_path!r} lacks the key 'in_features'. {RESAVE}")
-        unknown = set(config) - set(cls.config_keys)
-        if unknown:
-            logger.warning("Ignoring unknown PairHead config keys %s in %s", sorted(unknown), config_path)
-        return {key: value for key, value in config.items() if key in cls.config_keys}
+
+def _mlp(in_features: int, hidden_dim: int, out_features: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_features, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_features)
+    )
 
 
-def check_head_arguments(
-    in_features: int | None = None,
-    num_labels: int = 1,
-    head_type: str = "concat",
-    hidden_dim: int = 512,
-    problem_type: str | None = None,
-    rank: int | None = None,
-    dropout: float = 0.0,
-) -> None:
-    """Raise a ValueError naming the first impossible :class:`PairHead` argument (``in_features=None``: not checked).
+def _default_problem_type(num_labels: int) -> ProblemType:
+    return "multiclass" if num_labels > 1 else "binary"
 
-    Called by PairHead and, before the encoder is loaded, by :func:`st_dse.build_student`.
-    """
+
+def _setting_problems(
+    in_features, num_labels, head_type, hidden_dim, problem_type, rank, dropout, labels
+) -> Iterator[str]:
+    """What is wrong with :class:`PairHead` settings, most basic first."""
     sizes = {"in_features": in_features, "num_labels": num_labels, "hidden_dim": hidden_dim, "rank": rank}
     for name, value in sizes.items():
-        if value is None and name in ("in_features", "rank"):
+        if value is None and name == "rank":
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"PairHead {name} must be an integer, got {value!r}.")
-        if value < 1 and name != "num_labels":  # num_labels is checked against the problem type below
-            raise ValueError(f"PairHead {name} must be an integer >= 1, got {value!r}.")
-    if head_type not in HEAD_TYPES:
-        raise ValueError(f"PairHead head_type must be one of {HEAD_TYPES}, got {head_type!r}.")
-    if problem_type is None:
-        problem_type = "multiclass" if num_labels > 1 else "binary"
-    if problem_type not in PROBLEM_TYPES:
-        raise ValueError(f"PairHead problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}.")
+            yield f"PairHead {name} must be an integer, got {value!r}."
+        elif value < 1 and name != "num_labels":  # num_labels must fit the problem type, below
+            yield f"PairHead {name} must be an integer >= 1, got {value!r}."
+    if head_type not in get_args(HeadType):
+        yield f"PairHead head_type must be one of {get_args(HeadType)}, got {head_type!r}."
+    problem_type = problem_type or _default_problem_type(num_labels)
+    if problem_type not in get_args(ProblemType):
+        yield f"PairHead problem_type must be one of {get_args(ProblemType)}, got {problem_type!r}."
     if num_labels < 1 or (problem_type == "multiclass") != (num_labels > 1):
-        raise ValueError(
-            f"num_labels={num_labels} does not fit problem_type={problem_type!r}: use num_labels=1 for binary "
-            "tasks and regression (one logit), and num_labels=k >= 2 for k-way classification."
+        yield (
+            f"num_labels={num_labels} does not fit problem_type={problem_type!r}: use num_labels=1 for binary tasks "
+            "and regression (one logit), and num_labels=k >= 2 for k-way classification."
         )
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"PairHead dropout must be a number in [0, 1), got {dropout!r}.")
+        yield f"PairHead dropout must be a number in [0, 1), got {dropout!r}."
+    expected = 2 if problem_type == "binary" else num_labels
+    if labels is not None and problem_type != "regression" and len(labels) != expected:
+        yield f"Expected {expected} label_names for a {problem_type} head, got {labels}."
 
 
 # -- the concat head's first layer, regrouped for one query against many candidates -----------------------------------
@@ -324,8 +225,6 @@ def concat_weight_blocks(head: PairHead) -> tuple[Tensor, Tensor, Tensor, Tensor
 
     The first layer computes ``W_u u + W_v v + W_mul (u * v) + W_diff |u - v| + b`` from ``[u, v, u * v, |u - v|]``.
     """
-    if head.head_type != "concat":
-        raise ValueError(f"The first-layer blocks exist only for head_type='concat', not {head.head_type!r}.")
     w_u, w_v, w_mul, w_diff = head.classifier[0].weight.split(head.in_features, dim=1)
     return w_u, w_v, w_mul, w_diff
 
@@ -347,8 +246,7 @@ def concat_hidden(
     query_bias = torch.addmv(first.bias, w_u, query)
     candidate_weights = (w_v + w_mul * query).T  # (d, hidden)
     compute = compute_dtype or dtype
-    candidates = candidates.to(compute)
-    query = query.to(compute)
+    candidates, query = candidates.to(compute), query.to(compute)
     hidden = torch.addmm(query_bias.to(compute), candidates, candidate_weights.to(compute))
     return hidden.addmm_(torch.sub(candidates, query).abs_(), w_diff.T.to(compute))
 
@@ -368,8 +266,7 @@ def concat_logits(
     second = head.classifier[3]
     hidden = concat_hidden(head, query, candidates, compute_dtype).relu_()
     if label_index is None:
-        dtype = second.weight.dtype
-        return torch.addmm(second.bias, hidden.to(dtype), second.weight.T)
+        return torch.addmm(second.bias, hidden.to(second.weight.dtype), second.weight.T)
     weights = second.weight[label_index].to(hidden.dtype)
     return torch.mv(hidden, weights).float() + second.bias[label_index].float()
 
@@ -380,10 +277,13 @@ def logits_to_output(logits: Tensor, problem_type: str, output: Output = "logits
     ``"logits"`` gives ``(n,)`` for one-logit heads and ``(n, k)`` for k-way heads; ``"probabilities"`` applies a
     sigmoid (binary) or softmax (k-way); ``"labels"`` gives class ids (binary: logit > 0, i.e. probability > 0.5).
     """
-    if output not in ("logits", "probabilities", "labels"):
-        raise ValueError(f"output must be 'logits', 'probabilities' or 'labels', got {output!r}.")
-    if problem_type == "regression" and output != "logits":
-        raise ValueError(f"A regression head gives scores, not {output}; use output='logits'.")
+    problem = None
+    if output not in get_args(Output):
+        problem = f"output must be 'logits', 'probabilities' or 'labels', got {output!r}."
+    elif problem_type == "regression" and output != "logits":
+        problem = f"A regression head gives scores, not {output}; use output='logits'."
+    if problem:
+        raise ValueError(problem)
     if problem_type == "multiclass":
         if output == "probabilities":
             return torch.softmax(logits, dim=-1)

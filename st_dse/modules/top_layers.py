@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
-
-try:
-    from typing import Self
-except ImportError:  # Python 3.10
-    from typing_extensions import Self
 
 import torch
 from sentence_transformers.base.modules import Module
 from torch import Tensor
-
-from st_dse.hub import hub_kwargs
-
-logger = logging.getLogger(__name__)
 
 
 class TopLayersConcat(Module):
@@ -25,7 +15,7 @@ class TopLayersConcat(Module):
     Placed between the Transformer and a mean Pooling module it gives the original DSE sentence embedding: the mean
     over tokens of the concatenated top layers (4 in the paper), ``num_layers`` times the encoder's width. It has no
     weights. The Transformer must return its hidden states (``config.output_hidden_states = True``, saved with the
-    model); :func:`build_student` with ``pooling_layers=k`` sets this up.
+    model); :func:`build_student` with ``pooling_layers=k`` sets this up and checks that the encoder has k layers.
 
     Args:
         num_layers: How many of the last layers to concatenate.
@@ -49,11 +39,6 @@ class TopLayersConcat(Module):
                 "model[0].auto_model.config.output_hidden_states = True, or build the student with "
                 "st_dse.build_student(..., pooling_layers=k)."
             )
-        # hidden_states holds the embedding layer's output first, then one entry per transformer layer.
-        if len(layers) - 1 < self.num_layers:
-            raise ValueError(
-                f"TopLayersConcat asks for the last {self.num_layers} layers, but the encoder has {len(layers) - 1}."
-            )
         features["token_embeddings"] = torch.cat(list(layers[-self.num_layers :]), dim=-1)
         return features
 
@@ -62,8 +47,3 @@ class TopLayersConcat(Module):
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
         self.save_config(output_path)
-
-    @classmethod
-    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> Self:
-        download_options = hub_kwargs(kwargs)
-        return cls(**cls.load_config(model_name_or_path, subfolder=subfolder, **download_options))

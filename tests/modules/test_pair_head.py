@@ -8,7 +8,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 import st_dse
-from st_dse.modules.pair_head import FORMAT_VERSION, PairHead
+from st_dse.modules.pair_head import PairHead
 from st_dse.student import add_pair_head, build_student, get_pair_head, load_student
 
 SENTENCES = ["A man is playing a guitar.", "Someone plays the guitar.", "A woman slices an onion.", "It is raining."]
@@ -99,7 +99,6 @@ def test_factorized_vectors_give_the_logit():
         ({"head_type": "bilinear"}, "head_type must be one of"),
         ({"problem_type": "ranking"}, "problem_type must be one of"),
         ({"num_labels": 3, "label_names": ["a", "b"]}, "Expected 3 label_names"),
-        ({"format_version": FORMAT_VERSION + 1}, "Upgrade st_dse"),
     ],
 )
 def test_invalid_head_configs_are_refused(kwargs, message):
