@@ -123,9 +123,10 @@ def build_student(
     with torch.device("meta"):
         PairHead(**{**settings, "in_features": head_kwargs.get("in_features") or 1}, hidden_dim=hidden_dim)
     model = DSEStudent(resolve_model_name(model_name_or_path), device=device)
-    for index in [] if keep_normalize else reversed(range(len(model))):
-        if isinstance(model[index], Normalize):
-            del model[index]
+    if not keep_normalize:
+        for index in reversed(range(len(model))):
+            if isinstance(model[index], Normalize):
+                del model[index]
     if pooling_layers is not None:
         use_top_layers_pooling(model, pooling_layers)
     add_pair_head(model, hidden_dim=hidden_dim, **settings)
@@ -259,7 +260,7 @@ def _entry_problem(entry: Any) -> str | None:
     found = "has no" if key not in entry else f"has a non-string ({entry[key]!r})"
     return (
         f"({entry}) {found} {key!r} key, expected a string: every module entry needs 'name', 'path' and 'type'. "
-        + (REPAIR_REMEDY)
+        f"{REPAIR_REMEDY}"
     )
 
 
@@ -330,9 +331,8 @@ def loading_refusal(model_name_or_path: str, error: Exception, foreign: list[str
                 auto_map = json.load(handle).get("auto_map")
             found += [f"'auto_map' {json.dumps(auto_map)} in {file}"] if auto_map else []
     what = f": {'; '.join(found)}" if found else ""
-    return f"{model_name_or_path!r} asks for code from outside sentence-transformers and st_dse{what} ({reason}). " + (
-        TRUST_REMEDY
-    )
+    source = f"{model_name_or_path!r} asks for code from outside sentence-transformers and st_dse{what}"
+    return f"{source} ({reason}). {TRUST_REMEDY}"
 
 
 def _files(folder: str) -> Iterator[str]:

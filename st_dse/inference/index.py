@@ -96,8 +96,12 @@ class CandidateIndex:
             )
         one_of("prefilter_metric", prefilter_metric, PREFILTER_METRICS)
         rerank_k = int_at_least("rerank_k", rerank_k)
-        if rescore_k is not None and int_at_least("rescore_k", rescore_k) and head.head_type != "concat":
-            raise ValueError("rescore_k (a bfloat16 screen) applies to the concat head; a factorized head is cheap.")
+        if rescore_k is not None:
+            rescore_k = int_at_least("rescore_k", rescore_k)
+            if head.head_type != "concat":
+                raise ValueError(
+                    "rescore_k (a bfloat16 screen) applies to the concat head; a factorized head is cheap."
+                )
         if not isinstance(candidate_embeddings, (Tensor, StoredMatrix)):
             candidate_embeddings = np.asarray(candidate_embeddings)
         _check_dimension("Candidate", "candidates", tuple(candidate_embeddings.shape), head.in_features)
