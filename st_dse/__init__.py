@@ -1,8 +1,7 @@
 """st_dse: Distilled Sentence Embedding (DSE) for sentence-transformers.
 
-Distil a cross-encoder teacher's logits into a siamese SentenceTransformer student with a pair head, so that
-candidates are encoded once and every query costs one encode plus cheap head evaluations. The package follows the
-data flow: ``data`` -> ``teacher`` -> ``student`` and ``modules`` -> ``losses`` and ``training`` -> ``inference``.
+Distil a cross-encoder teacher's logits into a siamese SentenceTransformer student with a pair head: candidates are
+encoded once, and each query costs one encode plus cheap head evaluations.
 """
 
 from __future__ import annotations

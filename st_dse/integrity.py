@@ -1,5 +1,4 @@
-"""Saved folders that are whole, or named as damaged: checksummed manifests, and folder replacement that is all or
-nothing. Standard library only, so this module imports (and is tested in child processes) without torch."""
+"""Checksummed manifests, and folder replacement that is all or nothing. Standard library only (no torch import)."""
 
 from __future__ import annotations
 
@@ -17,16 +16,16 @@ from typing import Any, Literal, get_args
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "checksums.json"
-FORMAT_VERSION = 1  # of the folders st_dse saves (a manifest and the files it lists); readers refuse newer ones
+FORMAT_VERSION = 1  # readers refuse newer manifests
 VerifyMode = Literal["full", "size", "none"]
-HASH_CHUNK_BYTES = 1 << 20  # large enough for full disk and hash speed, small enough to stay in cache
+HASH_CHUNK_BYTES = 1 << 20
 DEFAULT_REMEDY = "Save or build it again (and copy whole folders, not single files, when moving it)."
 PathLike = str | os.PathLike
 
 
 class CorruptFileError(ValueError):
-    """A file of a saved folder is missing or does not match its manifest: ``path``, and the ``expected`` (recorded)
-    and ``found`` ``{"size", "sha256"}`` where known."""
+    """A file is missing or does not match its manifest: ``path``, and the ``expected`` and ``found``
+    ``{"size", "sha256"}`` where known."""
 
     def __init__(self, message: str, path: Path, expected: dict | None = None, found: dict | None = None) -> None:
         super().__init__(message)
@@ -34,7 +33,7 @@ class CorruptFileError(ValueError):
 
 
 def file_sha256(path: PathLike) -> str:
-    """The SHA-256 hex digest of a file, read in 1 MiB chunks (a multi-GB file is never held in memory)."""
+    """The SHA-256 hex digest of a file, read in 1 MiB chunks."""
     digest, buffer = hashlib.sha256(), bytearray(HASH_CHUNK_BYTES)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as handle:
@@ -44,25 +43,22 @@ def file_sha256(path: PathLike) -> str:
 
 
 def write_manifest(directory: PathLike, files: Iterable[PathLike] | None = None, name: str = MANIFEST_NAME) -> Path:
-    """Record the size and SHA-256 of ``files`` (relative to ``directory``; None: every file) in ``directory/name``,
-    once they are complete. The manifest never lists itself."""
+    """Record the size and SHA-256 of ``files`` (relative to ``directory``; None: every file but the manifest) in
+    ``directory/name``."""
     directory = Path(directory)
     if files is None:
         files = [path.relative_to(directory) for path in directory.rglob("*") if path.is_file()]
-    entries = {}
-    for relative in sorted({_relative_name(directory, file, must_exist=True) for file in files} - {name}):
-        entries[relative] = {
-            "size": (directory / relative).stat().st_size,
-            "sha256": file_sha256(directory / relative),
-        }
+    relatives = sorted({_relative_name(directory, file, must_exist=True) for file in files} - {name})
+    sizes = {file: (directory / file).stat().st_size for file in relatives}
+    entries = {file: {"size": size, "sha256": file_sha256(directory / file)} for file, size in sizes.items()}
     manifest = {"format_version": FORMAT_VERSION, "algorithm": "sha256", "files": entries}
     (directory / name).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return directory / name
 
 
 def read_manifest(directory: PathLike, name: str = MANIFEST_NAME) -> dict[str, dict[str, Any]] | None:
-    """The manifest's ``{relative path: {"size", "sha256"}}``, or None when there is none. A damaged manifest, or one
-    in a format newer than this st_dse reads, is a :class:`CorruptFileError`."""
+    """The manifest's ``{relative path: {"size", "sha256"}}``, or None when there is none; a damaged or newer one is a
+    :class:`CorruptFileError`."""
     path = Path(directory) / name
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -102,26 +98,27 @@ def verify_manifest(
 ) -> bool:
     """Check ``files`` (default: all listed) against the manifest; a mismatch is a :class:`CorruptFileError`.
 
-    ``verify="full"``: existence, size and SHA-256 (reads every byte, about 1-2 GB/s); ``"size"``: existence and size,
-    instant, blind to bytes changed in place; ``"none"``: nothing. Sizes are checked before any hashing. ``remedy``
-    ends error messages. True when all matched; False when nothing was checked (no manifest, or ``"none"``).
+    Args:
+        verify: ``"full"`` (sizes, then SHA-256 of every byte), ``"size"`` (existence and size) or ``"none"``.
+        remedy: Ends error messages.
+
+    Returns True when all matched, False when nothing was checked (no manifest, or ``"none"``).
     """
+    directory, error = Path(directory), None
     if verify not in get_args(VerifyMode):
-        raise ValueError(f"verify must be one of {get_args(VerifyMode)}, got {verify!r}.")
-    directory = Path(directory)
-    entries = read_manifest(directory, name) if verify != "none" else None
-    if entries is None:
-        return False
-    selected = list(entries) if files is None else [_relative_name(directory, file) for file in files]
-    if mismatch := next(_mismatches(directory, name, entries, selected, verify == "full", remedy), None):
-        raise mismatch
-    return True
+        error = ValueError(f"verify must be one of {get_args(VerifyMode)}, got {verify!r}.")
+    entries = read_manifest(directory, name) if verify in ("full", "size") else None
+    if entries is not None:
+        selected = list(entries) if files is None else [_relative_name(directory, file) for file in files]
+        error = next(_mismatches(directory, name, entries, selected, verify == "full", remedy), None)
+    if error:
+        raise error
+    return entries is not None
 
 
 def _mismatches(
     directory: Path, name: str, entries: dict[str, dict], selected: list[str], hashes: bool, remedy: str
 ) -> Iterator[CorruptFileError]:
-    """Each file that does not match its entry: every size first, then every hash."""
     for relative in selected:
         path, entry = directory / relative, entries.get(relative)
         size = path.stat().st_size if entry and path.is_file() else None
@@ -167,12 +164,15 @@ def atomic_save_dir(
 ) -> Path:
     """Replace the folder ``target`` with what ``write(folder)`` writes into a new hidden sibling, all or nothing.
 
-    ``manifest`` (True or a file name) records every written file; ``durable`` fsyncs them. Then the old ``target`` is
-    renamed aside, the new folder renamed in, and the old one deleted: a kill at any moment leaves the whole old or the
-    whole new folder, and the next save or load (:func:`recover_interrupted_save`) removes what it left beside it. If
-    ``write`` fails, ``target`` is untouched. Anything that must survive a save must live outside ``target``. One
-    process at a time may save to ``target``, and none should load it meanwhile (a load repairs interrupted saves, so
-    it would delete this one's unfinished folder). Open memory maps of old files stay valid on POSIX.
+    The old ``target`` is renamed aside, the new folder renamed in, the old one deleted: a kill at any moment leaves
+    the whole old or new folder, and the next save or load (:func:`recover_interrupted_save`) clears what it left. One
+    process at a time may save to ``target``, and none load it meanwhile (a load would delete the unfinished folder).
+
+    Args:
+        target: The folder to replace (or create).
+        write: Writes the new folder's files into the path it is given; if it fails, ``target`` is untouched.
+        manifest: True or a file name: record every written file in a manifest.
+        durable: fsync the files and renames.
     """
     target, problem = Path(os.path.abspath(target)), None
     if target.is_symlink():
@@ -199,7 +199,7 @@ def atomic_save_dir(
         os.rename(new, target)
         placed = True
     finally:
-        if not placed:  # write or a rename failed: the old folder goes back, the unfinished new one away
+        if not placed:
             if moved and not os.path.lexists(target):
                 os.rename(old, target)
             shutil.rmtree(new, ignore_errors=True)
@@ -211,12 +211,8 @@ def atomic_save_dir(
 
 
 def recover_interrupted_save(target: PathLike, *, durable: bool = True) -> bool:
-    """Repair what an interrupted :func:`atomic_save_dir` left beside ``target``; True when an old folder was put back.
-
-    A save killed between its two renames leaves no ``target``: the old folder, set aside whole, is renamed back.
-    The rest a save leaves beside ``target`` (an unfinished new folder, an old one being deleted) is deleted. Call it
-    while no save to ``target`` runs; it is safe to call again after being killed itself.
-    """
+    """Repair what an interrupted :func:`atomic_save_dir` left beside ``target``; True when an old folder was put back
+    (a save killed between its two renames). The rest it left is deleted. Call it while no save to ``target`` runs."""
     target = Path(os.path.abspath(target))
     prefixes = tuple(f".{target.name}.{kind}-" for kind in ("old", "tmp", "del"))
     try:
@@ -238,7 +234,7 @@ def recover_interrupted_save(target: PathLike, *, durable: bool = True) -> bool:
 
 
 def fsync_directory(directory: PathLike) -> None:
-    """Make renames and new entries in ``directory`` durable (POSIX); a no-op where folders cannot be fsynced."""
+    """Make renames and new entries in ``directory`` durable; a no-op where folders cannot be fsynced."""
     with contextlib.suppress(OSError):  # Windows, and some network file systems, cannot fsync a folder
         _fsync(directory)
 

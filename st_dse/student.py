@@ -1,10 +1,9 @@
 """The DSE student: a SentenceTransformer with a PairHead. Build it, reach its head, save it, load it.
 
-Loading never runs code from the folder. sentence-transformers refuses module classes from outside its package
-without ``trust_remote_code``, transformers an ``auto_map`` it cannot replace with its own classes, and torch pickles
-that would run code; st_dse says where the folder asks for that code, and refuses what they let through silently: a
-``Dense`` activation that is not a torch class (sentence-transformers would swap it for Tanh) and a damaged
-``modules.json``.
+Loading never runs code from the folder: sentence-transformers refuses foreign module classes without
+``trust_remote_code``, transformers an ``auto_map`` it cannot replace, torch pickles that would run code; st_dse
+names where the folder asks for code, and refuses a damaged ``modules.json`` and a ``Dense`` activation that is not a
+torch class (which sentence-transformers would silently swap for Tanh).
 """
 
 from __future__ import annotations
@@ -14,8 +13,7 @@ import json
 import os
 import pickle
 import re
-from collections.abc import Iterator
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -31,12 +29,10 @@ from st_dse.modules.pair_head import HeadType, PairHead, ProblemType
 from st_dse.modules.top_layers import TopLayersConcat
 
 PAIR_HEAD_FOLDER = "pair_head"
-# st_dse's own module types, which modules.json may name: TopLayersConcat, and a PairHead that a plain
-# SentenceTransformer saved among its modules.
 OWN_TYPES = {f"{module.__module__}.{module.__name__}": module for module in (PairHead, TopLayersConcat)}
 NO_HEAD = (
-    "This model has no PairHead, so it cannot score pairs: a folder without a pair_head/ subfolder holds an encoder "
-    "only, and SentenceTransformer(path) loads a student's encoder without its head (load a student with "
+    "has no PairHead, so it cannot score pairs: a folder without a pair_head/ subfolder holds an encoder only, and "
+    "SentenceTransformer(path) loads a student's encoder without its head (load a student with "
     "st_dse.load_student(path)). Make one with st_dse.build_student(...) (or st_dse.add_pair_head(model)) and "
     "st_dse.DSELoss, or distil one with recipes/distill.py."
 )
@@ -48,11 +44,8 @@ REPAIR_REMEDY = "Save the model again with model.save(path), or copy modules.jso
 
 
 def use_top_layers_pooling(model: SentenceTransformer, num_layers: int = 4) -> None:
-    """Switch a Transformer + Pooling model to mean pooling over its concatenated last ``num_layers`` layers.
-
-    The original DSE embedding. The Pooling module is rebuilt for the wider token embeddings (its mode is kept) and
-    the Transformer is told to return every layer's hidden states, a setting saved in its ``config.json``.
-    """
+    """Switch a Transformer + Pooling model to pooling over its concatenated last ``num_layers`` layers (the original
+    DSE embedding); the Pooling mode is kept, and the Transformer's config is set to return every layer."""
     modules = list(model)
     transformer = next((module for module in modules if isinstance(module, Transformer)), None)
     pooling_index = next((index for index, module in enumerate(modules) if isinstance(module, Pooling)), None)
@@ -73,12 +66,21 @@ def use_top_layers_pooling(model: SentenceTransformer, num_layers: int = 4) -> N
     model.insert(pooling_index, concat)
 
 
+def _pair_heads(model: nn.Module, expected: int, source: str = "This model") -> list[PairHead]:
+    heads = [module for module in model.modules() if isinstance(module, PairHead)]
+    if len(heads) != expected:
+        problem = f"{source} {NO_HEAD}"
+        if heads and expected:
+            problem = f"The model has {len(heads)} PairHeads; st_dse expects exactly one."
+        elif heads:
+            problem = "The model already has a PairHead; use st_dse.get_pair_head(model) to reach it."
+        raise ValueError(problem)
+    return heads
+
+
 def get_pair_head(model: nn.Module) -> PairHead:
     """Return the :class:`PairHead` of a student model, with a clear error when there is none."""
-    heads = [module for module in model.modules() if isinstance(module, PairHead)]
-    if len(heads) != 1:
-        raise ValueError(f"The model has {len(heads)} PairHeads; st_dse expects exactly one." if heads else NO_HEAD)
-    return heads[0]
+    return _pair_heads(model, 1)[0]
 
 
 def add_pair_head(model: SentenceTransformer, num_labels: int = 1, **head_kwargs) -> PairHead:
@@ -86,8 +88,7 @@ def add_pair_head(model: SentenceTransformer, num_labels: int = 1, **head_kwargs
 
     Keyword arguments go to :class:`PairHead`; ``in_features`` defaults to the model's embedding dimension.
     """
-    if any(isinstance(module, PairHead) for module in model.modules()):
-        raise ValueError("The model already has a PairHead; use st_dse.get_pair_head(model) to reach it.")
+    _pair_heads(model, 0)
     in_features = head_kwargs.pop("in_features", None) or model.get_embedding_dimension()
     head = PairHead(in_features, num_labels=num_labels, **head_kwargs).to(model.device)
     model.append(head)
@@ -118,8 +119,7 @@ def build_student(
         **head_kwargs: More :class:`PairHead` arguments (``rank``, ``dropout``, ``label_names``).
     """
     settings = {"num_labels": num_labels, "problem_type": problem_type, "head_type": head_type, **head_kwargs}
-    # Impossible head settings are refused before the encoder loads: the head is built once on the meta device,
-    # which takes no memory and draws no random numbers (the real head's initialisation is unchanged).
+    # The head is built first on the meta device (no memory, no random numbers): bad settings fail before loading.
     with torch.device("meta"):
         PairHead(**{**settings, "in_features": head_kwargs.get("in_features") or 1}, hidden_dim=hidden_dim)
     model = DSEStudent(resolve_model_name(model_name_or_path), device=device)
@@ -136,8 +136,8 @@ def build_student(
 def head_learning_rate_mapping(model: SentenceTransformer, learning_rate: float) -> dict[str, float]:
     """A ``learning_rate_mapping`` for ``SentenceTransformerTrainingArguments`` that gives the PairHead its own rate.
 
-    A freshly initialised head needs a far larger learning rate than the pretrained encoder (1e-3 against 2e-5 to
-    5e-5): with one shared rate, a student on MRPC stays at the majority-class floor.
+    A fresh head needs a far larger rate than the pretrained encoder (1e-3 against 2e-5 to 5e-5): with one shared
+    rate, a student on MRPC stays at the majority-class floor.
     """
     head = get_pair_head(model)
     name = next(name for name, module in model.named_modules() if module is head)
@@ -145,45 +145,39 @@ def head_learning_rate_mapping(model: SentenceTransformer, learning_rate: float)
 
 
 class DSEStudent(SentenceTransformer):
-    """A SentenceTransformer that keeps its :class:`PairHead` beside its modules: the saved form of a DSE student.
+    """A SentenceTransformer that saves its :class:`PairHead` beside its modules: the saved form of a DSE student.
 
-    In memory the head is the model's last module (``encode()`` passes through it unchanged, and the trainer and
-    :class:`~st_dse.DSELoss` find it there). On :meth:`save` the folder's ``modules.json`` lists only the encoder's
-    modules and the head goes to the ``pair_head/`` subfolder (config, safetensors weights and their checksums), so
-    ``SentenceTransformer(path)``, MTEB and embedding servers load the encoder without any flag, and this class (or
-    :func:`load_student`) loads both, never running code from the folder (see the module's description); it refuses
-    ``trust_remote_code``.
+    In memory the head is the last module (``encode()`` passes through it unchanged). On :meth:`save`,
+    ``modules.json`` lists only the encoder and the head goes to ``pair_head/`` (config, safetensors weights,
+    checksums), so ``SentenceTransformer(path)``, MTEB and embedding servers load the encoder without flags, and this
+    class loads both without running code from the folder; it refuses ``trust_remote_code``.
     """
 
     def __init__(self, model_name_or_path: str | None = None, *args, **kwargs) -> None:
-        if kwargs.get("trust_remote_code"):
-            raise ValueError(f"trust_remote_code=True is refused: st_dse loads students without it. {TRUST_REMEDY}")
         options, foreign = hub_kwargs(kwargs), []
-        if model_name_or_path is not None:
-            recover_interrupted_save(model_name_or_path)  # a save over this folder killed between its two renames
-            foreign = check_model_folder(model_name_or_path, **options)
+        if model_name_or_path and (os.path.isabs(model_name_or_path) or os.path.isdir(model_name_or_path)):
+            recover_interrupted_save(model_name_or_path)  # a folder, not a Hub id: repair a save killed midway
+        if model_name_or_path is not None or kwargs.get("trust_remote_code"):
+            foreign = check_model_folder(model_name_or_path, kwargs.get("trust_remote_code", False), **options)
         try:
             super().__init__(model_name_or_path, *args, **kwargs)
         except (ValueError, pickle.UnpicklingError) as error:
-            # A refusal of code the folder asks for says where the folder asks for it; other errors pass unchanged.
             message = loading_refusal(model_name_or_path, error, foreign)
             raise (error if message is None else ValueError(message)) from None
         if model_name_or_path is None or any(isinstance(module, PairHead) for module in self):
-            return  # no folder, or a head saved among the modules
+            return
         if PairHead.load_file_path(model_name_or_path, PairHead.config_file_name, PAIR_HEAD_FOLDER, **options):
             self.append(PairHead.load(model_name_or_path, subfolder=PAIR_HEAD_FOLDER, **options).to(self.device))
 
     def _load_module_class_from_ref(self, class_ref: str, *args, **kwargs) -> type:
-        # st_dse's own types resolve to the installed classes; every other type goes through the trust_remote_code
-        # gate of sentence-transformers, which offers plugins no public way to name their module classes
-        # (huggingface/sentence-transformers#3935 made the gate strict, and `_load_with_module_classes` private).
+        # sentence-transformers offers plugins no public way to name their module classes
+        # (huggingface/sentence-transformers#3935 made its trust_remote_code gate strict): st_dse's own resolve here.
         return OWN_TYPES.get(class_ref) or super()._load_module_class_from_ref(class_ref, *args, **kwargs)
 
     def save(self, path: str, *args, **kwargs) -> None:
         """Save the encoder as a standard sentence-transformers folder and the head in its ``pair_head/`` subfolder.
 
-        Saving over an existing model folder is all or nothing: the new folder is written beside it and swapped in
-        whole, so a run killed at any moment leaves the old model or the new one.
+        Saving over a model folder is all or nothing: a run killed at any moment leaves the old model or the new one.
         """
         if os.path.isfile(os.path.join(path, "modules.json")):
             atomic_save_dir(path, lambda folder: self._save_into(str(folder), *args, **kwargs))
@@ -191,9 +185,8 @@ class DSEStudent(SentenceTransformer):
             self._save_into(path, *args, **kwargs)
 
     def _save_into(self, path: str, *args, **kwargs) -> None:
-        # The head leaves the module list while the encoder is saved, so that modules.json does not name it.
         heads = [(name, module) for name, module in self.named_children() if isinstance(module, PairHead)]
-        for name, _ in heads:
+        for name, _ in heads:  # out of the module list while the encoder is saved, so modules.json does not name it
             delattr(self, name)
         try:
             super().save(path, *args, **kwargs)
@@ -207,45 +200,61 @@ class DSEStudent(SentenceTransformer):
 def load_student(model_name_or_path: str, **kwargs) -> DSEStudent:
     """Load a saved DSE student, PairHead included, without running any code from its folder.
 
-    ``model_name_or_path`` is a folder written by ``student.save(...)`` (or a recipe) or a Hub id; ``kwargs`` go to
-    :class:`~sentence_transformers.SentenceTransformer` (``device``, ``revision``, ...). A folder without a PairHead,
-    or one that asks for code from outside sentence-transformers and st_dse, is refused with a ValueError.
+    Args:
+        model_name_or_path: A folder written by ``student.save(...)`` (or a recipe), or a Hub id.
+        **kwargs: Passed to :class:`~sentence_transformers.SentenceTransformer` (``device``, ``revision``, ...).
     """
     model = load_model(model_name_or_path, **kwargs)
-    get_pair_head(model)
+    _pair_heads(model, 1, repr(model_name_or_path))
     return model
 
 
 def load_model(model_name_or_path: str = DEFAULT_MODEL, **kwargs) -> DSEStudent:
-    """Load any sentence encoder for embedding work: a DSE student (its head included) or a plain model.
-
-    The default model name resolves to its packaged copy when the Hub is unreachable (see
-    :func:`st_dse.hub.resolve_model_name`). Evaluation scripts use this so one ``--model`` option takes both.
-    """
+    """Load any sentence encoder, a DSE student (head included) or a plain model; the default name resolves to its
+    packaged copy when the Hub is unreachable. ``kwargs`` go to :class:`DSEStudent`."""
     return DSEStudent(resolve_model_name(model_name_or_path), **kwargs)
 
 
-# -- what a model folder names, checked before and explained after sentence-transformers loads it ------------------
-
-
-def check_model_folder(model_name_or_path: str, **download_options) -> list[str]:
-    """Refuse, before anything loads, a damaged ``modules.json`` or a ``Dense`` activation that is not a torch class
-    (in a ``Router`` too). Returns where the folder names module classes from outside sentence-transformers and
-    st_dse, for :func:`loading_refusal` to name when sentence-transformers refuses them."""
-    modules_path = load_file_path(model_name_or_path, "modules.json", **download_options)
-    entries, problem = _read_json(modules_path, list, "a JSON list of module entries") if modules_path else ([], None)
-    found = ((index, _entry_problem(entry)) for index, entry in enumerate(entries or ()))
-    problem = problem or next((f"{modules_path}, entry {index} {wrong}" for index, wrong in found if wrong), None)
-    listed, foreign = [], []
-    if not problem:  # a well-formed modules.json: its modules, and those of its Routers, are checked too
-        listed = [
-            (f"{modules_path}, entry {index}", entry["type"], entry["path"]) for index, entry in enumerate(entries)
-        ]
-    for where, class_ref, subfolder, module_class in _folder_modules(model_name_or_path, listed, download_options):
-        if not class_ref.startswith("sentence_transformers.") and class_ref not in OWN_TYPES:
-            foreign.append(f"{where} names the module class {class_ref!r}")
-        elif isinstance(module_class, type) and issubclass(module_class, Dense):
-            problem = problem or _activation_problem(model_name_or_path, subfolder, download_options)
+def check_model_folder(name: str | None, trust_remote_code: bool = False, **options) -> list[str]:
+    """Refuse ``trust_remote_code``, a damaged ``modules.json`` or a ``Dense`` activation (in a Router too) that is not
+    a torch class, before anything loads; return where the folder names module classes from other packages."""
+    problem, foreign, listed = None, [], []
+    modules_path = load_file_path(name, "modules.json", **options) if name else None
+    if trust_remote_code:
+        problem = f"trust_remote_code=True is refused: st_dse loads students without it. {TRUST_REMEDY}"
+    elif modules_path:
+        entries, problem = _read_json(modules_path, list, "a JSON list of module entries")
+        found = ((index, _entry_problem(entry)) for index, entry in enumerate(entries or ()))
+        problem = problem or next(
+            (f"{modules_path}, entry {i} {wrong} {REPAIR_REMEDY}" for i, wrong in found if wrong), None
+        )
+        if not problem:
+            listed = [(f"{modules_path}, entry {i}", entry["type"], entry["path"]) for i, entry in enumerate(entries)]
+    while listed and not problem:  # depth first: the modules of a Router follow it
+        where, class_ref, subfolder = listed.pop(0)
+        module_class = None
+        if not class_ref.startswith("sentence_transformers."):
+            foreign += [] if class_ref in OWN_TYPES else [f"{where} names the module class {class_ref!r}"]
+            continue
+        with contextlib.suppress(ImportError):  # sentence-transformers names an unknown class of its own itself
+            module_class = import_from_string(class_ref)
+        if not (isinstance(module_class, type) and issubclass(module_class, Dense | Router)):
+            continue
+        path = load_file_path(name, module_class.config_file_name, subfolder, **options)
+        path = path or load_file_path(name, "config.json", subfolder, **options)
+        config, problem = _read_json(path, dict, "a JSON object") if path else ({}, None)
+        activation = (config or {}).get("activation_function") if issubclass(module_class, Dense) else None
+        if activation is not None and not str(activation).startswith("torch."):
+            problem = (
+                f"{path}: activation_function is {activation!r}, not a torch class. Importing it would run code "
+                "chosen by the folder, and sentence-transformers would replace it with Tanh instead, changing the "
+                f"embeddings; st_dse does neither. {TRUST_REMEDY} If the model was trained with a torch activation, "
+                "write its class there (e.g. 'torch.nn.modules.activation.Tanh')."
+            )
+        routes = (config or {}).get("types") if issubclass(module_class, Router) else None
+        routes = routes.items() if isinstance(routes, dict) else ()
+        sub = [(f"{path}, types[{key!r}]", ref, str(PurePosixPath(subfolder, key))) for key, ref in routes]
+        listed[:0] = [route for route in sub if isinstance(route[1], str)]
     if problem:
         raise ValueError(problem)
     return foreign
@@ -253,54 +262,20 @@ def check_model_folder(model_name_or_path: str, **download_options) -> list[str]
 
 def _entry_problem(entry: Any) -> str | None:
     if not isinstance(entry, dict):
-        return f"is {entry!r}, expected an object with 'name', 'path' and 'type'. {REPAIR_REMEDY}"
-    key = next((key for key in ("name", "path", "type") if not isinstance(entry.get(key), str)), None)
-    if key is None:
-        return None
-    found = "has no" if key not in entry else f"has a non-string ({entry[key]!r})"
-    return (
-        f"({entry}) {found} {key!r} key, expected a string: every module entry needs 'name', 'path' and 'type'. "
-        f"{REPAIR_REMEDY}"
-    )
-
-
-def _folder_modules(name: str, listed: list[tuple[str, str, str]], options: dict[str, Any]) -> Iterator[tuple]:
-    """``(where named, class name, subfolder, class)`` of each module, the class only for sentence-transformers' own;
-    the modules of a Router follow it."""
-    for where, class_ref, subfolder in listed:
-        module_class = None
-        if class_ref.startswith("sentence_transformers."):  # its own package: what it imports anyway
-            with contextlib.suppress(ImportError):  # sentence-transformers names an unknown class itself
-                module_class = import_from_string(class_ref)
-        yield where, class_ref, subfolder, module_class
-        if isinstance(module_class, type) and issubclass(module_class, Router):
-            path = load_file_path(name, Router.config_file_name, subfolder, **options)
-            path = path or load_file_path(name, "config.json", subfolder, **options)
-            types = ((_read_json(path, dict, "")[0] if path else None) or {}).get("types")
-            routes = types.items() if isinstance(types, dict) else ()
-            sub = [(f"{path}, types[{key!r}]", ref, str(PurePosixPath(subfolder, key))) for key, ref in routes]
-            yield from _folder_modules(name, [route for route in sub if isinstance(route[1], str)], options)
-
-
-def _activation_problem(name: str, subfolder: str, options: dict[str, Any]) -> str | None:
-    path = load_file_path(name, Dense.config_file_name, subfolder, **options)
-    config, problem = _read_json(path, dict, "a JSON object") if path else ({}, None)
-    activation = (config or {}).get("activation_function")
-    if problem or activation is None or str(activation).startswith("torch."):
-        return problem
-    return (
-        f"{path}: activation_function is {activation!r}, not a torch class. Importing it would run code chosen by "
-        "the folder, and sentence-transformers would replace it with Tanh instead, changing the embeddings; st_dse "
-        f"does neither. {TRUST_REMEDY} If the model was trained with a torch activation, write its class there (e.g. "
-        "'torch.nn.modules.activation.Tanh')."
-    )
+        return f"is {entry!r}, expected an object with 'name', 'path' and 'type'."
+    for key in ("name", "path", "type"):
+        if not isinstance(entry.get(key), str):
+            found = "has no" if key not in entry else f"has a non-string ({entry[key]!r})"
+            return (
+                f"({entry}) {found} {key!r} key, expected a string: every module entry needs 'name', 'path', 'type'."
+            )
+    return None
 
 
 def _read_json(path: str, kind: type, expected: str) -> tuple[Any, str | None]:
     """``(value, None)``, or ``(None, what is wrong)`` for a file that is not JSON of the ``kind`` expected."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            value = json.load(handle)
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
     except ValueError as error:  # not UTF-8, or not JSON
         return None, f"{path} is not valid JSON ({error}); expected {expected}. {REPAIR_REMEDY}"
     if not isinstance(value, kind):
@@ -309,11 +284,11 @@ def _read_json(path: str, kind: type, expected: str) -> tuple[Any, str | None]:
 
 
 def loading_refusal(model_name_or_path: str, error: Exception, foreign: list[str]) -> str | None:
-    """The message for a loading error that refused code the folder asks for (None for any other error): it names the
-    classes from outside sentence-transformers (``foreign``), the ``.py`` files and ``auto_map`` configs, or the
-    pickled weights."""
+    """The message for a loading error that refused code the folder asks for, or None for any other error: it names
+    the ``foreign`` classes, the ``.py`` files and ``auto_map`` configs, or the pickled weights."""
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    files = list(_files(model_name_or_path))
+    folder = Path(model_name_or_path)
+    files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
     if isinstance(error, pickle.UnpicklingError):  # torch.load(weights_only=True) met a pickle that would run code
         pickles = ", ".join(file for file in files if file.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle")))
         return (
@@ -327,16 +302,8 @@ def loading_refusal(model_name_or_path: str, error: Exception, foreign: list[str
     found = foreign + [file for file in files if file.endswith(".py")]
     for file in (file for file in files if file.endswith("config.json")):
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            with open(os.path.join(model_name_or_path, file), encoding="utf-8") as handle:
-                auto_map = json.load(handle).get("auto_map")
+            auto_map = json.loads(Path(model_name_or_path, file).read_text(encoding="utf-8")).get("auto_map")
             found += [f"'auto_map' {json.dumps(auto_map)} in {file}"] if auto_map else []
     what = f": {'; '.join(found)}" if found else ""
     source = f"{model_name_or_path!r} asks for code from outside sentence-transformers and st_dse{what}"
     return f"{source} ({reason}). {TRUST_REMEDY}"
-
-
-def _files(folder: str) -> Iterator[str]:
-    """The files of a local folder (none for a Hub id), relative to it, in a stable order, hidden folders skipped."""
-    for root, folders, files in os.walk(folder):
-        folders[:] = sorted(name for name in folders if not name.startswith("."))
-        yield from (os.path.relpath(os.path.join(root, file), folder) for file in sorted(files))

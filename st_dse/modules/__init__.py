@@ -1,7 +1,5 @@
 """The sentence-transformers modules st_dse adds: the pair head and the original DSE pooling."""
 
-from __future__ import annotations
-
 from st_dse.modules.pair_head import PairHead
 from st_dse.modules.top_layers import TopLayersConcat
 

@@ -1,9 +1,4 @@
-"""PairHead: a sentence-transformers module that turns two sentence embeddings into task logits.
-
-The head passes features through untouched, so ``model.encode()`` returns the same embeddings with or without it. A
-saved student keeps it beside the standard modules of its folder (config, safetensors weights and their checksums);
-:func:`st_dse.load_student` brings it back. The loss only borrows it.
-"""
+"""PairHead: a sentence-transformers module that turns two sentence embeddings into task logits."""
 
 from __future__ import annotations
 
@@ -30,15 +25,11 @@ RESAVE = "Save the model again with model.save(path), or copy the whole folder a
 
 
 class PairHead(Module):
-    """Maps a pair of sentence embeddings ``(u, v)`` to ``num_labels`` logits.
+    """Maps a pair of sentence embeddings ``(u, v)`` to ``num_labels`` logits; encode() passes through it unchanged.
 
-    Two head types:
-
-    - ``"concat"`` (the DSE paper's): ``[u, v, u*v, |u-v|] -> Linear(hidden_dim) -> ReLU -> Linear(num_labels)``.
-      Most accurate, but every (query, candidate) pair runs the MLP.
-    - ``"factorized"``: each side goes through its own MLP to a vector per label, and the logit is their inner
-      product plus a per-side bias: ``logit_k = <q_k(u), c_k(v)> + b_k(u) + b'_k(v) + bias_k``. Candidate sides can be
-      precomputed, and scoring becomes a maximum-inner-product search (see :meth:`query_vectors`).
+    ``"concat"`` (the DSE paper's): ``[u, v, u*v, |u-v|] -> Linear(hidden_dim) -> ReLU -> Linear(num_labels)``.
+    ``"factorized"``: ``logit_k = <q_k(u), c_k(v)> + b_k(u) + b'_k(v) + bias_k``, each side its own MLP, so candidate
+    sides can be precomputed and scoring is a maximum-inner-product search (see :meth:`query_vectors`).
 
     Args:
         in_features: Dimension of the sentence embeddings the head receives.
@@ -72,7 +63,7 @@ class PairHead(Module):
         if problem := next(_setting_problems(*settings), None):
             raise ValueError(problem)
         self.in_features, self.num_labels, self.head_type = in_features, num_labels, head_type
-        self.hidden_dim, self.problem_type = hidden_dim, problem_type or _default_problem_type(num_labels)
+        self.hidden_dim, self.problem_type = hidden_dim, problem_type or ("multiclass" if num_labels > 1 else "binary")
         self.rank, self.dropout = rank if rank is not None else max(1, hidden_dim // 4), dropout
         self.label_names = list(label_names) if label_names is not None else None
         if head_type == "concat":
@@ -83,11 +74,9 @@ class PairHead(Module):
             self.bias = nn.Parameter(torch.zeros(num_labels))
 
     def forward(self, features: dict[str, Tensor | Any], **kwargs) -> dict[str, Tensor | Any]:
-        # The head scores pairs, not single sentences: encode() must return the embedding it was given.
         return features
 
     def _check_input(self, *embeddings: Tensor, paired: bool = False, factorized: bool = False) -> None:
-        """Embeddings of the head's width (``paired``: two of one shape), for a factorized head if ``factorized``."""
         widths = [embedding.shape[-1] for embedding in embeddings if embedding.shape[-1] != self.in_features]
         problem = None
         if factorized and self.head_type != "factorized":
@@ -110,11 +99,8 @@ class PairHead(Module):
         return (self.query_vectors(u) * self.candidate_vectors(v)).sum(-1)
 
     def score_all(self, query_embeddings: Tensor, candidate_embeddings: Tensor) -> Tensor:
-        """Logits of every query against every candidate: shape ``(num_queries, num_candidates, num_labels)``.
-
-        Vectorised over candidates; the concat head's first layer is regrouped (see :func:`concat_hidden`) so that the
-        ``u`` terms are computed once per query. Dropout is not applied: :meth:`score` is the training path.
-        """
+        """Logits ``(num_queries, num_candidates, num_labels)`` of every query against every candidate, without
+        dropout; the concat head computes the query terms once per query (see :func:`concat_hidden`)."""
         self._check_input(query_embeddings, candidate_embeddings)
         dtype = self._parameter_dtype()
         queries, candidates = query_embeddings.to(dtype), candidate_embeddings.to(dtype)
@@ -125,25 +111,21 @@ class PairHead(Module):
         return torch.stack([concat_logits(self, query, candidates) for query in queries])
 
     def query_vectors(self, embeddings: Tensor) -> Tensor:
-        """Factorized head only: query-side vectors ``(batch, num_labels, rank + 2)``.
-
-        Their inner product with :meth:`candidate_vectors` is exactly the logit, bias included, so a
-        maximum-inner-product index over candidate vectors ranks candidates by logit.
-        """
-        projected = self._side("query_projection", embeddings)
-        vector, side_bias = projected[..., :-1], projected[..., -1:]
+        """Factorized head only: ``(batch, num_labels, rank + 2)`` vectors whose inner product with
+        :meth:`candidate_vectors` is exactly the logit, bias included."""
+        vector, side_bias = self._side("query_projection", embeddings)
         return torch.cat([vector, torch.ones_like(side_bias), side_bias + self.bias[:, None]], dim=-1)
 
     def candidate_vectors(self, embeddings: Tensor) -> Tensor:
         """Factorized head only: candidate-side vectors ``(batch, num_labels, rank + 2)``; see query_vectors."""
-        projected = self._side("candidate_projection", embeddings)
-        vector, side_bias = projected[..., :-1], projected[..., -1:]
+        vector, side_bias = self._side("candidate_projection", embeddings)
         return torch.cat([vector, side_bias, torch.ones_like(side_bias)], dim=-1)
 
-    def _side(self, projection: str, embeddings: Tensor) -> Tensor:
+    def _side(self, projection: str, embeddings: Tensor) -> tuple[Tensor, Tensor]:
         self._check_input(embeddings, factorized=True)
         out = getattr(self, projection)(embeddings.to(self._parameter_dtype()))
-        return out.view(*embeddings.shape[:-1], self.num_labels, self.rank + 1)
+        out = out.view(*embeddings.shape[:-1], self.num_labels, self.rank + 1)
+        return out[..., :-1], out[..., -1:]
 
     def _parameter_dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
@@ -151,13 +133,12 @@ class PairHead(Module):
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
         os.makedirs(output_path, exist_ok=True)
         self.save_config(output_path)
-        # Always safetensors: a pickled head is code execution on load and breaks across versions.
         self.save_torch_weights(output_path, safe_serialization=True)
         write_manifest(output_path, [self.config_file_name, WEIGHTS_NAME])
 
     @classmethod
     def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs) -> PairHead:
-        """Load a head saved by :meth:`save`; the files of a local folder are first checked against its checksums."""
+        """Load a head saved by :meth:`save`, checking a local folder's files against their checksums first."""
         download_options, where = hub_kwargs(kwargs), os.path.join(model_name_or_path, subfolder)
         if os.path.isdir(where):
             verify_manifest(where, files=[cls.config_file_name, WEIGHTS_NAME], remedy=RESAVE)
@@ -184,25 +165,23 @@ def _mlp(in_features: int, hidden_dim: int, out_features: int, dropout: float) -
     )
 
 
-def _default_problem_type(num_labels: int) -> ProblemType:
-    return "multiclass" if num_labels > 1 else "binary"
-
-
 def _setting_problems(
     in_features, num_labels, head_type, hidden_dim, problem_type, rank, dropout, labels
 ) -> Iterator[str]:
-    """What is wrong with :class:`PairHead` settings, most basic first."""
-    sizes = {"in_features": in_features, "num_labels": num_labels, "hidden_dim": hidden_dim, "rank": rank}
+    sizes = {
+        "in_features": in_features,
+        "num_labels": num_labels,
+        "hidden_dim": hidden_dim,
+        "rank": 1 if rank is None else rank,
+    }
     for name, value in sizes.items():
-        if value is None and name == "rank":
-            continue
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             yield f"PairHead {name} must be an integer, got {value!r}."
         elif value < 1 and name != "num_labels":  # num_labels must fit the problem type, below
             yield f"PairHead {name} must be an integer >= 1, got {value!r}."
     if head_type not in get_args(HeadType):
         yield f"PairHead head_type must be one of {get_args(HeadType)}, got {head_type!r}."
-    problem_type = problem_type or _default_problem_type(num_labels)
+    problem_type = problem_type or ("multiclass" if num_labels > 1 else "binary")
     if problem_type not in get_args(ProblemType):
         yield f"PairHead problem_type must be one of {get_args(ProblemType)}, got {problem_type!r}."
     if num_labels < 1 or (problem_type == "multiclass") != (num_labels > 1):
@@ -217,16 +196,9 @@ def _setting_problems(
         yield f"Expected {expected} label_names for a {problem_type} head, got {labels}."
 
 
-# -- the concat head's first layer, regrouped for one query against many candidates -----------------------------------
-
-
 def concat_weight_blocks(head: PairHead) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The concat head's first-layer weight cut by input block: ``(W_u, W_v, W_mul, W_diff)``, each ``(hidden, d)``.
-
-    The first layer computes ``W_u u + W_v v + W_mul (u * v) + W_diff |u - v| + b`` from ``[u, v, u * v, |u - v|]``.
-    """
-    w_u, w_v, w_mul, w_diff = head.classifier[0].weight.split(head.in_features, dim=1)
-    return w_u, w_v, w_mul, w_diff
+    """The concat head's first-layer weight cut by input block: ``(W_u, W_v, W_mul, W_diff)``, each ``(hidden, d)``."""
+    return tuple(head.classifier[0].weight.split(head.in_features, dim=1))
 
 
 def concat_hidden(
@@ -234,10 +206,8 @@ def concat_hidden(
 ) -> Tensor:
     """Concat-head hidden pre-activations ``(n, hidden)`` of one query ``(d,)`` against candidates ``(n, d)``.
 
-    The first layer is regrouped as ``v @ (W_v + W_mul * u)^T + |u - v| @ W_diff^T + (W_u u + b)``: two
-    ``(n, d) @ (d, hidden)`` products per query instead of one of width ``4d`` per pair. ``compute_dtype`` (default:
-    the head's dtype) is the dtype of those two products; ``torch.bfloat16`` makes a fast screen whose values are
-    rounded to about three significant digits. ``query`` and ``candidates`` must be on the head's device.
+    Computed as ``v @ (W_v + W_mul * u)^T + |u - v| @ W_diff^T + (W_u u + b)``: two ``(n, d) @ (d, hidden)`` products
+    per query. ``compute_dtype`` (default: the head's) is theirs; ``torch.bfloat16`` gives a fast, rounded screen.
     """
     first = head.classifier[0]
     dtype = first.weight.dtype
@@ -258,11 +228,8 @@ def concat_logits(
     label_index: int | None = None,
     compute_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Concat-head logits of one query ``(d,)`` against candidates ``(n, d)`` (see :func:`concat_hidden`).
-
-    Returns ``(n, num_labels)`` in the head's dtype, or with ``label_index`` that label's logits ``(n,)`` in float32.
-    Dropout is not applied.
-    """
+    """Concat-head logits ``(n, num_labels)`` of one query ``(d,)`` against candidates ``(n, d)``, without dropout;
+    with ``label_index``, that label's logits ``(n,)`` in float32 (see :func:`concat_hidden`)."""
     second = head.classifier[3]
     hidden = concat_hidden(head, query, candidates, compute_dtype).relu_()
     if label_index is None:
@@ -272,11 +239,8 @@ def concat_logits(
 
 
 def logits_to_output(logits: Tensor, problem_type: str, output: Output = "logits") -> Tensor:
-    """Turn head logits ``(n, num_labels)`` into the requested output.
-
-    ``"logits"`` gives ``(n,)`` for one-logit heads and ``(n, k)`` for k-way heads; ``"probabilities"`` applies a
-    sigmoid (binary) or softmax (k-way); ``"labels"`` gives class ids (binary: logit > 0, i.e. probability > 0.5).
-    """
+    """Head logits ``(n, num_labels)`` as ``"logits"`` (``(n,)`` for one-logit heads), ``"probabilities"`` (sigmoid
+    or softmax) or ``"labels"`` (class ids; binary: logit > 0)."""
     problem = None
     if output not in get_args(Output):
         problem = f"output must be 'logits', 'probabilities' or 'labels', got {output!r}."

@@ -12,10 +12,8 @@ from torch import Tensor
 class TopLayersConcat(Module):
     """Replaces the token embeddings with the concatenation of the encoder's last ``num_layers`` layers.
 
-    Placed between the Transformer and a mean Pooling module it gives the original DSE sentence embedding: the mean
-    over tokens of the concatenated top layers (4 in the paper), ``num_layers`` times the encoder's width. It has no
-    weights. The Transformer must return its hidden states (``config.output_hidden_states = True``, saved with the
-    model); :func:`build_student` with ``pooling_layers=k`` sets this up and checks that the encoder has k layers.
+    Between the Transformer (with ``config.output_hidden_states = True``) and a mean Pooling module it gives the
+    original DSE embedding; :func:`build_student` with ``pooling_layers=k`` sets this up.
 
     Args:
         num_layers: How many of the last layers to concatenate.
