@@ -159,9 +159,7 @@ def _relative_name(directory: Path, file: PathLike, must_exist: bool = False) ->
     return relative
 
 
-def atomic_save_dir(
-    target: PathLike, write: Callable[[Path], Any], *, manifest: bool | str = False, durable: bool = True
-) -> Path:
+def atomic_save_dir(target: PathLike, write: Callable[[Path], Any], *, manifest: bool = False) -> Path:
     """Replace the folder ``target`` with what ``write(folder)`` writes into a new hidden sibling, all or nothing.
 
     The old ``target`` is renamed aside, the new folder renamed in, the old one deleted: a kill at any moment leaves
@@ -171,8 +169,7 @@ def atomic_save_dir(
     Args:
         target: The folder to replace (or create).
         write: Writes the new folder's files into the path it is given; if it fails, ``target`` is untouched.
-        manifest: True or a file name: record every written file in a manifest.
-        durable: fsync the files and renames.
+        manifest: Record every written file in a manifest.
     """
     target, problem = Path(os.path.abspath(target)), None
     if target.is_symlink():
@@ -182,15 +179,15 @@ def atomic_save_dir(
     if problem:
         raise ValueError(f"Cannot save over {target}: it is {problem}.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    recover_interrupted_save(target, durable=durable)
+    recover_interrupted_save(target)
     new, old = _sibling(target, "tmp"), _sibling(target, "old")
     new.mkdir()
     moved = placed = False
     try:
         write(new)
         if manifest:
-            write_manifest(new, name=MANIFEST_NAME if manifest is True else manifest)
-        for root, _, files in os.walk(new, topdown=False) if durable else ():
+            write_manifest(new)
+        for root, _, files in os.walk(new, topdown=False):
             for file in files:
                 _fsync(os.path.join(root, file))
             fsync_directory(root)
@@ -203,14 +200,13 @@ def atomic_save_dir(
             if moved and not os.path.lexists(target):
                 os.rename(old, target)
             shutil.rmtree(new, ignore_errors=True)
-    if durable:
-        fsync_directory(target.parent)
+    fsync_directory(target.parent)
     if moved:
         _discard(target, old)
     return target
 
 
-def recover_interrupted_save(target: PathLike, *, durable: bool = True) -> bool:
+def recover_interrupted_save(target: PathLike) -> bool:
     """Repair what an interrupted :func:`atomic_save_dir` left beside ``target``; True when an old folder was put back
     (a save killed between its two renames). The rest it left is deleted. Call it while no save to ``target`` runs."""
     target = Path(os.path.abspath(target))
@@ -226,8 +222,7 @@ def recover_interrupted_save(target: PathLike, *, durable: bool = True) -> bool:
         os.rename(old, target)
         leftovers.remove(old)
         logger.warning("%s was missing: a save into it was interrupted. Restored its previous version.", target)
-        if durable:
-            fsync_directory(target.parent)
+        fsync_directory(target.parent)
     for path in leftovers:
         _discard(target, path)
     return restored

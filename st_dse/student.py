@@ -1,9 +1,8 @@
 """The DSE student: a SentenceTransformer with a PairHead. Build it, reach its head, save it, load it.
 
-Loading never runs code from the folder: sentence-transformers refuses foreign module classes without
-``trust_remote_code``, transformers an ``auto_map`` it cannot replace, torch pickles that would run code; st_dse
-names where the folder asks for code, and refuses a damaged ``modules.json`` and a ``Dense`` activation that is not a
-torch class (which sentence-transformers would silently swap for Tanh).
+Loading never runs code from the folder: st_dse names where the folder asks for code that sentence-transformers,
+transformers or torch refuse, and refuses a damaged ``modules.json`` and a ``Dense`` activation that is not a torch
+class (which sentence-transformers would silently swap for Tanh).
 """
 
 from __future__ import annotations
@@ -41,29 +40,6 @@ TRUST_REMEDY = (
     "SentenceTransformer(path, trust_remote_code=True)."
 )
 REPAIR_REMEDY = "Save the model again with model.save(path), or copy modules.json again from the original folder."
-
-
-def use_top_layers_pooling(model: SentenceTransformer, num_layers: int = 4) -> None:
-    """Switch a Transformer + Pooling model to pooling over its concatenated last ``num_layers`` layers (the original
-    DSE embedding); the Pooling mode is kept, and the Transformer's config is set to return every layer."""
-    modules = list(model)
-    transformer = next((module for module in modules if isinstance(module, Transformer)), None)
-    pooling_index = next((index for index, module in enumerate(modules) if isinstance(module, Pooling)), None)
-    depth = getattr(transformer.auto_model.config, "num_hidden_layers", None) if transformer else None
-    problem = None
-    if transformer is None or pooling_index is None or any(isinstance(module, TopLayersConcat) for module in modules):
-        problem = "Top-layers pooling needs a model made of a Transformer followed by a Pooling module (and no "
-        problem += f"TopLayersConcat yet); this one has {[type(module).__name__ for module in modules]}."
-    elif depth is not None and num_layers > depth:
-        problem = f"pooling_layers={num_layers}, but the encoder has only {depth} layers."
-    if problem:
-        raise ValueError(problem)
-    width = num_layers * transformer.get_embedding_dimension()
-    concat = TopLayersConcat(num_layers, embedding_dimension=width)  # checks num_layers before the model changes
-    transformer.auto_model.config.output_hidden_states = True
-    old = modules[pooling_index]
-    model[pooling_index] = Pooling(width, pooling_mode=old.pooling_mode, include_prompt=old.include_prompt)
-    model.insert(pooling_index, concat)
 
 
 def _pair_heads(model: nn.Module, expected: int, source: str = "This model") -> list[PairHead]:
@@ -127,18 +103,31 @@ def build_student(
         for index in reversed(range(len(model))):
             if isinstance(model[index], Normalize):
                 del model[index]
-    if pooling_layers is not None:
-        use_top_layers_pooling(model, pooling_layers)
+    if pooling_layers is not None:  # mean over the concatenated last layers, in the Pooling's own mode
+        modules = list(model)
+        transformer = next((module for module in modules if isinstance(module, Transformer)), None)
+        pooling_index = next((index for index, module in enumerate(modules) if isinstance(module, Pooling)), None)
+        problem = None
+        if transformer is None or pooling_index is None or TopLayersConcat in map(type, modules):
+            problem = "Top-layers pooling needs a model made of a Transformer followed by a Pooling module (and no "
+            problem += f"TopLayersConcat yet); this one has {[type(module).__name__ for module in modules]}."
+        elif (depth := getattr(transformer.auto_model.config, "num_hidden_layers", pooling_layers)) < pooling_layers:
+            problem = f"pooling_layers={pooling_layers}, but the encoder has only {depth} layers."
+        if problem:
+            raise ValueError(problem)
+        width = pooling_layers * transformer.get_embedding_dimension()
+        concat = TopLayersConcat(pooling_layers, embedding_dimension=width)  # checks pooling_layers first
+        transformer.auto_model.config.output_hidden_states = True
+        old = modules[pooling_index]
+        model[pooling_index] = Pooling(width, pooling_mode=old.pooling_mode, include_prompt=old.include_prompt)
+        model.insert(pooling_index, concat)
     add_pair_head(model, hidden_dim=hidden_dim, **settings)
     return model
 
 
 def head_learning_rate_mapping(model: SentenceTransformer, learning_rate: float) -> dict[str, float]:
-    """A ``learning_rate_mapping`` for ``SentenceTransformerTrainingArguments`` that gives the PairHead its own rate.
-
-    A fresh head needs a far larger rate than the pretrained encoder (1e-3 against 2e-5 to 5e-5): with one shared
-    rate, a student on MRPC stays at the majority-class floor.
-    """
+    """A ``learning_rate_mapping`` for ``SentenceTransformerTrainingArguments`` giving the PairHead its own rate (a
+    fresh head needs about 1e-3, the pretrained encoder 2e-5 to 5e-5)."""
     head = get_pair_head(model)
     name = next(name for name, module in model.named_modules() if module is head)
     return {rf"^(model\.)?{re.escape(name)}\.": learning_rate}  # the trainer names parameters through the loss

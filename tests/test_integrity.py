@@ -192,7 +192,7 @@ def test_atomic_save_replaces_the_whole_folder(tmp_path: Path, monkeypatch: pyte
 
 def test_manifest_option_records_every_written_file(tmp_path: Path) -> None:
     target = tmp_path / "index"
-    atomic_save_dir(target, lambda folder: (folder / "a.npy").write_bytes(b"xyz"), manifest=True, durable=False)
+    atomic_save_dir(target, lambda folder: (folder / "a.npy").write_bytes(b"xyz"), manifest=True)
     assert sorted(read_manifest(target)) == ["a.npy"]
     assert verify_manifest(target) is True
 
