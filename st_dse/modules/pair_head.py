@@ -6,6 +6,7 @@ import json
 import numbers
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
@@ -148,8 +149,7 @@ class PairHead(Module):
             for name in (cls.config_file_name, WEIGHTS_NAME)
         )
         try:
-            with open(config_path, encoding="utf-8") as handle:
-                head = cls(**json.load(handle))
+            head = cls(**json.loads(Path(config_path).read_text(encoding="utf-8")))
             load_safetensors_model(head, weights_path)  # strict: every weight, in the shapes of the config
         except (TypeError, ValueError, RuntimeError, SafetensorError) as error:
             raise ValueError(
@@ -168,13 +168,8 @@ def _mlp(in_features: int, hidden_dim: int, out_features: int, dropout: float) -
 def _setting_problems(
     in_features, num_labels, head_type, hidden_dim, problem_type, rank, dropout, labels
 ) -> Iterator[str]:
-    sizes = {
-        "in_features": in_features,
-        "num_labels": num_labels,
-        "hidden_dim": hidden_dim,
-        "rank": 1 if rank is None else rank,
-    }
-    for name, value in sizes.items():
+    sizes = (in_features, num_labels, hidden_dim, 1 if rank is None else rank)
+    for name, value in zip(("in_features", "num_labels", "hidden_dim", "rank"), sizes):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             yield f"PairHead {name} must be an integer, got {value!r}."
         elif value < 1 and name != "num_labels":  # num_labels must fit the problem type, below
