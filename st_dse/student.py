@@ -208,7 +208,7 @@ def check_model_folder(name: str | None, trust_remote_code: bool = False, **opti
     """Refuse ``trust_remote_code``, a damaged ``modules.json`` or a ``Dense`` activation (in a Router too) that is not
     a torch class, before anything loads; return where the folder names module classes from other packages."""
     problem, foreign, listed = None, [], []
-    modules_path = load_file_path(name, "modules.json", **options) if name else None
+    modules_path = load_file_path(name, "modules.json", **options) if name and not trust_remote_code else None
     if trust_remote_code:
         problem = f"trust_remote_code=True is refused: st_dse loads students without it. {TRUST_REMEDY}"
     elif modules_path:
