@@ -7,6 +7,7 @@ import numbers
 from collections.abc import Sequence
 
 import datasets
+import numpy as np
 
 from st_dse.data.pairs import check_pairs
 
@@ -62,14 +63,34 @@ def pack_dse_labels(
     return packed.select_columns([*text_columns, "label"])
 
 
+def check_gold_labels(gold: Sequence, problem_type: str, num_labels: int) -> None:
+    """Refuse gold labels that do not fit the task, naming the first bad row; None or NaN (no gold label) passes.
+
+    Binary labels must be 0 or 1, multiclass labels class ids in ``[0, num_labels - 1]``, regression scores finite.
+    """
+    values = np.array([math.nan if value is None else value for value in gold], dtype=np.float64)
+    classes = {"binary": 2, "multiclass": num_labels}.get(problem_type)
+    if classes is None:
+        bad = np.isinf(values)
+    else:
+        bad = ~np.isnan(values) & ~np.isin(values, np.arange(classes))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        expected = {"binary": "0 or 1", "multiclass": f"class ids in [0, {num_labels - 1}]"}
+        raise ValueError(
+            f"Row {row}: gold label {values[row]}. {problem_type.capitalize()} gold labels must be "
+            f"{expected.get(problem_type, 'finite numbers, not infinite')} (None or NaN for a pair without one)."
+        )
+
+
 def _gold_value(row: int, gold: object, gold_column: str | None) -> float:
     if gold is None:
         return math.nan
-    if isinstance(gold, numbers.Real):
+    if isinstance(gold, numbers.Real) and not math.isinf(gold):
         return float(gold)
     raise ValueError(
         f"Row {row}: the gold label ({gold_column!r}) is {type(gold).__name__} ({gold!r}), expected a number (a "
-        "class id, 0/1 or a score) or None for a pair without one. Map label names to class ids first."
+        "class id, 0/1 or a finite score) or None for a pair without one. Map label names to class ids first."
     )
 
 

@@ -21,7 +21,7 @@ from transformers import set_seed
 
 from st_dse.data import TaskSpec
 from st_dse.hub import resolve_model_name
-from st_dse.losses import DSELoss, pack_dse_labels
+from st_dse.losses import DSELoss, check_gold_labels, pack_dse_labels
 from st_dse.student import build_student, head_learning_rate_mapping
 from st_dse.training.config import DistillConfig, TeacherConfig
 from st_dse.training.evaluator import PairTaskEvaluator, evaluate_cross_encoder
@@ -151,6 +151,8 @@ def distill_student(
     config = config or DistillConfig()
     if len(train_dataset) == 0:
         raise ValueError("The dataset has no rows: there is nothing to train on. Check the data source.")
+    if "label" in train_dataset.column_names:
+        check_gold_labels(train_dataset["label"], task.problem_type, task.num_labels)
     set_seed(config.seed)  # the trainer seeds only after the model exists; the fresh PairHead must be seeded too
     student = build_student(
         config.student,
