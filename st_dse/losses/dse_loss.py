@@ -100,11 +100,7 @@ class DSELoss(nn.Module):
         head = get_pair_head(model)  # fails here, not at the first batch, when the model cannot score pairs
         if not _is_number(teacher_logit_scale) or not (math.isfinite(teacher_logit_scale) and teacher_logit_scale > 0):
             raise ValueError(f"teacher_logit_scale must be a positive, finite number, got {teacher_logit_scale!r}.")
-        if teacher_logit_scale != 1.0 and head.problem_type == "regression":
-            raise ValueError(
-                "teacher_logit_scale applies to classification teachers' logits; a regression teacher predicts the "
-                "label itself, on the gold loss's scale. Leave teacher_logit_scale at 1 for regression tasks."
-            )
+        check_teacher_logit_scale(teacher_logit_scale, head.problem_type)
         self.model = model
         self.distillation_weight = float(distillation_weight)
         self.symmetric = symmetric
@@ -184,6 +180,15 @@ class DSELoss(nn.Module):
     @property
     def citation(self) -> str:
         return DSE_CITATION
+
+
+def check_teacher_logit_scale(teacher_logit_scale: float, problem_type: str) -> None:
+    """Refuse a teacher_logit_scale other than 1 for regression: its teacher predicts the label, not a logit."""
+    if teacher_logit_scale != 1.0 and problem_type == "regression":
+        raise ValueError(
+            "teacher_logit_scale (--teacher-logit-scale) applies to classification teachers' logits; this is a "
+            "regression task, whose teacher predicts the label itself on the gold loss's scale. Leave it at 1."
+        )
 
 
 def _is_number(value: object) -> bool:

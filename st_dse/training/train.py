@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 import torch
+import torch.distributed as dist
 from sentence_transformers import (
     CrossEncoder,
     SentenceTransformer,
@@ -23,12 +24,68 @@ from st_dse.data import TaskSpec
 from st_dse.hub import resolve_model_name
 from st_dse.losses import DSELoss, check_gold_labels, pack_dse_labels
 from st_dse.student import build_student, head_learning_rate_mapping
+from st_dse.teacher import label_with_teacher
 from st_dse.training.config import DistillConfig, TeacherConfig
 from st_dse.training.evaluator import PairTaskEvaluator, evaluate_cross_encoder
 from st_dse.training.model_card import describe_training
-from st_dse.training.outputs import sibling_dir
 
 logger = logging.getLogger(__name__)
+MODEL_MARKERS = ("modules.json", "config.json", "dse.json", "dev_metrics.json", "model.safetensors")
+
+
+def sibling_dir(path: str | os.PathLike, suffix: str) -> Path:
+    """``<path>-<suffix>``: where a run keeps what belongs beside a saved model (its checkpoints, its teacher)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}-{suffix}")
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: bool) -> None:
+    """Refuse (FileExistsError) an output folder that holds a model or results, unless ``overwrite`` or ``resume``."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"--output-dir {path} is a file, not a folder: choose another --output-dir.")
+    if overwrite or resume or not path.is_dir() or not any(path.iterdir()):
+        return
+    found = sorted(name for name in MODEL_MARKERS if (path / name).exists()) or sorted(p.name for p in path.iterdir())
+    raise FileExistsError(
+        f"--output-dir {path} already holds a model or results ({', '.join(found[:5])}). Choose another "
+        "--output-dir, pass --overwrite to replace it, or --resume to continue the run that wrote it."
+    )
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size); under torchrun, starts the process group (gloo on CPU, nccl on GPU) the first time."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier() -> None:
+    """Wait for every torchrun rank; nothing to wait for in a single process."""
+    if _process_group()[1] > 1:
+        dist.barrier()
+
+
+def is_main_process() -> bool:
+    """True in the one process that prints summaries and writes files (rank 0, or a single process)."""
+    return _process_group()[0] == 0
+
+
+def label_across_ranks(teacher: CrossEncoder, dataset: datasets.Dataset, **kwargs) -> datasets.Dataset:
+    """:func:`~st_dse.label_with_teacher` with the pairs split across torchrun's ranks, each pair scored once.
+
+    Each rank labels its shard into the shared cache (``cache_dir`` must be reachable by every rank), waits for the
+    others, then reads every pair's logits from the cache.
+    """
+    rank, world_size = _process_group()
+    if world_size == 1:
+        return label_with_teacher(teacher, dataset, **kwargs)
+    label_with_teacher(teacher, dataset, shard_index=rank, num_shards=world_size, merge=False, **kwargs)
+    dist.barrier()
+    # Every rank reads the whole cache; none merges its files while another may still be reading them.
+    return label_with_teacher(teacher, dataset, require_cached=True, merge=False, **kwargs)
 
 
 def _cross_encoder_loss(task: TaskSpec, cross_encoder: CrossEncoder):
