@@ -186,6 +186,10 @@ class LabelConfig:
             raise ValueError(f"--shard-index must be in [0, {self.num_shards - 1}], got {self.shard_index}.")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps a recipe's Usage block as written and shows every option's default."""
+
+
 def parse_config(
     config_classes: Sequence[type],
     argv: Sequence[str] | None = None,
@@ -194,17 +198,10 @@ def parse_config(
 ) -> tuple:
     """Parse command-line options into one object per class of ``config_classes``.
 
-    ``defaults`` overrides field defaults (a per-task recipe fixing ``task``, say). Every option's help shows its
-    default. An impossible value ends the program with one line naming the option (exit status 2).
+    ``defaults`` overrides field defaults (a per-task recipe fixing ``task``, say). An impossible value ends the
+    program with one line naming the option (exit status 2).
     """
-    parser = HfArgumentParser(
-        list(config_classes), description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for action in parser._actions:
-        # Dashed spellings first, so usage and help show --batch-size (the underscored --batch_size also works).
-        action.option_strings.sort(key=lambda option: "_" in option)
-        if action.help and action.default is not argparse.SUPPRESS and "default" not in action.help:
-            action.help += " (default: %(default)s)"
+    parser = HfArgumentParser(list(config_classes), description=description, formatter_class=_HelpFormatter)
     if defaults:
         parser.set_defaults(**defaults)
     try:
