@@ -90,16 +90,21 @@ class DSELoss(nn.Module):
                 trainer.train()
         """
         super().__init__()
+        problem = None
         if not _is_number(distillation_weight) or not 0.0 <= distillation_weight <= 1.0:
-            raise ValueError(
+            problem = (
                 f"distillation_weight must be in [0, 1], a number (0: gold labels only, 1: teacher only), got "
                 f"{distillation_weight!r}."
             )
-        if not isinstance(symmetric, bool):
-            raise ValueError(f"symmetric must be True or False, got {symmetric!r}.")
+        elif not isinstance(symmetric, bool):
+            problem = f"symmetric must be True or False, got {symmetric!r}."
+        elif not _is_number(teacher_logit_scale) or not (
+            math.isfinite(teacher_logit_scale) and teacher_logit_scale > 0
+        ):
+            problem = f"teacher_logit_scale must be a positive, finite number, got {teacher_logit_scale!r}."
+        if problem:
+            raise ValueError(problem)
         head = get_pair_head(model)  # fails here, not at the first batch, when the model cannot score pairs
-        if not _is_number(teacher_logit_scale) or not (math.isfinite(teacher_logit_scale) and teacher_logit_scale > 0):
-            raise ValueError(f"teacher_logit_scale must be a positive, finite number, got {teacher_logit_scale!r}.")
         check_teacher_logit_scale(teacher_logit_scale, head.problem_type)
         self.model = model
         self.distillation_weight = float(distillation_weight)
@@ -142,30 +147,28 @@ class DSELoss(nn.Module):
         """
         if labels is None:
             raise ValueError("DSELoss needs labels: a 'label' column packed with st_dse.pack_dse_labels(dataset).")
-        labels = labels.float()
-        if labels.dim() == 1 or labels.shape[1:] == (1,):
-            width = 1
-        else:
-            width = labels.shape[1] if labels.dim() == 2 else None
+        width = 1 if labels.dim() == 1 else labels.shape[1] if labels.dim() == 2 else None
+        problem = None
         if width == 1 and self.distillation_weight > 0:
-            raise ValueError(
+            problem = (
                 f"DSELoss with distillation_weight={self.distillation_weight} needs teacher logits, but the "
                 "labels hold one value per pair. Label the dataset with st_dse.label_with_teacher(...) and pack "
                 "it with st_dse.pack_dse_labels(...), or use distillation_weight=0 for gold-only training."
             )
-        if width not in (1, num_labels + 1) or len(labels) != batch_size:
-            if width and len(labels) == batch_size:
-                problem = (
-                    f"Packed labels have {width - 1} teacher logits per pair, but the PairHead has num_labels="
-                    f"{num_labels}. Use a teacher with matching outputs (label_with_teacher reduces a 2-logit binary "
-                    "teacher to one logit) or build the student with the teacher's number of labels."
-                )
-            else:
-                problem = (
-                    f"Got labels of shape {tuple(labels.shape)} for a batch of {batch_size} pairs; expected "
-                    "(batch,) or (batch, num_labels + 1)."
-                )
+        elif width is None or len(labels) != batch_size:
+            problem = (
+                f"Got labels of shape {tuple(labels.shape)} for a batch of {batch_size} pairs; expected "
+                "(batch,) or (batch, num_labels + 1)."
+            )
+        elif width not in (1, num_labels + 1):
+            problem = (
+                f"Packed labels have {width - 1} teacher logits per pair, but the PairHead has num_labels="
+                f"{num_labels}. Use a teacher with matching outputs (label_with_teacher reduces a 2-logit binary "
+                "teacher to one logit) or build the student with the teacher's number of labels."
+            )
+        if problem:
             raise ValueError(problem)
+        labels = labels.float()
         if width == 1:
             return labels.reshape(-1), None
         return labels[:, 0], labels[:, 1:] * self.teacher_logit_scale

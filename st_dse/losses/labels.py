@@ -24,9 +24,8 @@ def pack_dse_labels(
     gold, which DSELoss leaves out of the gold loss.
 
     Raises:
-        ValueError: a missing column, no rows, a sentence that is None, empty or not valid Unicode, teacher logits
-            that are missing, not a list of finite numbers or of another length than the first row's, or a gold label
-            that is not a number. Each names its row.
+        ValueError: a missing column, no rows, a bad sentence, teacher logits that are missing, not finite or of
+            another length than the first row's, or a gold label that is not a finite number, naming the row.
     """
     missing = [column for column in [*text_columns, teacher_column] if column not in dataset.column_names]
     if gold_column is not None and gold_column not in dataset.column_names:
@@ -42,8 +41,6 @@ def pack_dse_labels(
             "The dataset has no rows: there is nothing to train on. Check the data files and any filtering or "
             "sampling that came before (e.g. a max-samples option of 0)."
         )
-    if len(text_columns) != 2:
-        raise ValueError(f"text_columns must name the two sentence columns, got {list(text_columns)}.")
     widths: set[int] = set()  # the number of teacher logits per row, taken from the first row
 
     def pack(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
@@ -95,19 +92,18 @@ def _gold_value(row: int, gold: object, gold_column: str | None) -> float:
 
 
 def _teacher_values(row: int, logits: object, teacher_column: str, widths: set[int]) -> list[float]:
+    problem = None
     if not isinstance(logits, (list, tuple)) or not logits:
+        problem = f"are {logits!r}, expected a non-empty list of numbers. Label every pair with"
+    else:
+        bad = [x for x in logits if not isinstance(x, numbers.Real) or isinstance(x, bool) or not math.isfinite(x)]
+        if bad:
+            problem = f"{logits!r} hold {bad[0]!r}, expected finite numbers. Label the pair again with"
+    if problem:
         raise ValueError(
-            f"Row {row}: the teacher logits ({teacher_column!r}) are {logits!r}, expected a non-empty list of "
-            "numbers. Label every pair with st_dse.label_with_teacher(...) (rows without logits cannot be distilled)."
+            f"Row {row}: the teacher logits ({teacher_column!r}) {problem} st_dse.label_with_teacher(...)."
         )
-    values = []
-    for logit in logits:
-        if not isinstance(logit, numbers.Real) or isinstance(logit, bool) or not math.isfinite(logit):
-            raise ValueError(
-                f"Row {row}: the teacher logits ({teacher_column!r}) {logits!r} hold {logit!r}, expected finite "
-                "numbers. Label the pair again with st_dse.label_with_teacher(...)."
-            )
-        values.append(float(logit))
+    values = [float(logit) for logit in logits]
     widths.add(len(values))
     if len(widths) > 1:
         raise ValueError(

@@ -1,9 +1,6 @@
 """The settings of a run, each declared once: the recipes parse these dataclasses, the train functions read them.
 
-Every field's default and help text lives here; ``recipes/*.py`` turn the fields into command-line options with
-:func:`parse_config` (``--batch-size``, ``--head-lr``, ...), and :func:`st_dse.training.distill_student` and
-:func:`st_dse.training.finetune_teacher` take the resulting objects. Impossible values are refused when an object is
-made, before any model is loaded or any pair labelled, with a message naming the option and its allowed range.
+Impossible values are refused when an object is made, with a message naming the option and its allowed range.
 """
 
 from __future__ import annotations
@@ -13,14 +10,13 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Literal, TypeVar
+from typing import Literal
 
 from transformers import HfArgumentParser
 
 from st_dse.data.augment import STRATEGIES
 from st_dse.hub import DEFAULT_MODEL
 
-Config = TypeVar("Config")
 DEFAULT_AUGMENT = 2.0  # new pairs per train pair when a trained teacher is given
 
 
@@ -29,18 +25,18 @@ def _option(name: str) -> str:
 
 
 def check_positive(name: str, value: float | int | None, allow_zero: bool = False) -> None:
-    """Raise a ValueError naming option ``--name`` unless ``value`` is a finite number > 0 (or >= 0)."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{_option(name)} must be a number {bound}, got {value!r}.")
+    """Raise a ValueError naming option ``--name`` unless ``value`` is None or a finite number > 0 (or >= 0)."""
+    if value is not None:
+        check_range(name, value, 0.0, math.inf, bound=">= 0" if allow_zero else "> 0", allow_low=allow_zero)
 
 
-def check_range(name: str, value: float, low: float, high: float) -> None:
-    """Raise a ValueError naming option ``--name`` unless ``low <= value <= high``."""
-    if isinstance(value, bool) or not math.isfinite(value) or not low <= value <= high:
-        raise ValueError(f"{_option(name)} must be in [{low:g}, {high:g}], got {value!r}.")
+def check_range(name: str, value: float, low: float, high: float, bound: str = "", allow_low: bool = True) -> None:
+    """Raise a ValueError naming option ``--name`` unless ``low <= value <= high`` (and finite)."""
+    inside = low <= value <= high and math.isfinite(value) and (allow_low or value > low)
+    if isinstance(value, bool) or not inside:
+        raise ValueError(
+            f"{_option(name)} must be {f'a number {bound}' if bound else f'in [{low:g}, {high:g}]'}, got {value!r}."
+        )
 
 
 @dataclass
@@ -178,12 +174,15 @@ class LabelConfig:
     def __post_init__(self) -> None:
         check_positive("batch_size", self.batch_size)
         check_positive("num_shards", self.num_shards)
+        problem = None
         if (self.shard_index is None) != (self.num_shards is None) and not self.merge:
-            raise ValueError("--shard-index and --num-shards go together.")
-        if self.merge and self.shard_index is not None:
-            raise ValueError("--merge checks every shard; leave out --shard-index.")
-        if self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
-            raise ValueError(f"--shard-index must be in [0, {self.num_shards - 1}], got {self.shard_index}.")
+            problem = "--shard-index and --num-shards go together."
+        elif self.merge and self.shard_index is not None:
+            problem = "--merge checks every shard; leave out --shard-index."
+        elif self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
+            problem = f"--shard-index must be in [0, {self.num_shards - 1}], got {self.shard_index}."
+        if problem:
+            raise ValueError(problem)
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -217,7 +216,6 @@ def config_fields(config: object) -> dict[str, object]:
 
 __all__ = [
     "DEFAULT_AUGMENT",
-    "Config",
     "RunConfig",
     "DistillConfig",
     "LabelConfig",

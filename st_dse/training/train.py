@@ -108,11 +108,8 @@ def finetune_teacher(
 ) -> CrossEncoder:
     """Fine-tune a CrossEncoder teacher on a task's train split and save it to ``output_dir``.
 
-    The teacher outputs raw logits: one for binary tasks (trained with BCE) and regression (trained with MSE on the
-    gold score), k for k-way tasks (cross-entropy). The freshly initialised classification layer gets its own
-    ``config.classifier_lr`` (None: the encoder's), for the same reason as the student's PairHead. ``config.bf16``
-    trains in bfloat16 mixed precision (GPUs that support it); the saved weights stay float32. Checkpoints go to
-    ``checkpoint_dir``, by default the folder ``<output_dir>-checkpoints`` beside the teacher.
+    The teacher outputs raw logits: one for binary tasks (BCE) and regression (MSE on the gold score), k for k-way
+    tasks (cross-entropy). Checkpoints go to ``checkpoint_dir``, by default ``<output_dir>-checkpoints``.
     """
     output_dir = Path(output_dir)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else sibling_dir(output_dir, "checkpoints")
@@ -156,20 +153,12 @@ def finetune_teacher(
 
 
 def _distributed_cpu_run() -> bool:
-    """True under ``torchrun`` (WORLD_SIZE > 1) on a machine without CUDA.
-
-    transformers then sets up gloo DDP only with ``use_cpu=True``; without it every rank trains its own copy, and
-    sentence-transformers' rank-0-only evaluator leaves the other ranks without the best-checkpoint metric.
-    """
+    """True under ``torchrun`` on a machine without CUDA: transformers then sets up gloo DDP only with use_cpu."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def last_complete_checkpoint(directory: Path) -> str | None:
-    """The newest ``checkpoint-N`` that was written completely, or None.
-
-    The trainer writes ``trainer_state.json`` last, so a run killed while saving leaves a newer, partial folder that
-    resuming "from the last checkpoint" by number would trip over.
-    """
+    """The newest ``checkpoint-N`` with its ``trainer_state.json`` (written last, so it is whole), or None."""
     if not directory.is_dir():
         return None
     complete = [
@@ -199,11 +188,9 @@ def distill_student(
 ) -> SentenceTransformer:
     """Train a DSE student on teacher-labelled pairs (``teacher_logits`` column) and return it, best checkpoint loaded.
 
-    Checkpoints go to ``checkpoint_dir`` (keep it outside the folder the student is saved to). With
-    ``config.distillation_weight=0`` this is the gold-only baseline: same architecture, same budget, no teacher (the
-    dataset then needs no ``teacher_logits`` column). ``config.pooling_layers=4`` gives the original DSE embedding
-    (see :class:`~st_dse.TopLayersConcat`); ``config.bf16`` trains in bfloat16 mixed precision, while DSELoss still
-    compares logits in float32. Rows whose gold label is missing (None) train on the teacher's logits alone.
+    Checkpoints go to ``checkpoint_dir`` (outside the folder the student is saved to). With
+    ``config.distillation_weight=0`` this is the gold-only baseline and needs no ``teacher_logits`` column. Rows
+    whose gold label is None train on the teacher's logits alone. Gold labels that do not fit ``task`` are refused.
     """
     config = config or DistillConfig()
     if len(train_dataset) == 0:
@@ -222,8 +209,7 @@ def distill_student(
         label_names=list(task.label_names) if task.problem_type != "regression" and task.label_names else None,
     )
     student.max_seq_length = config.max_seq_length
-    # Before the trainer exists: its card callback extends what is set here (the base model's public id even when
-    # a packaged copy was loaded, the training data's name) with the data's size, columns and statistics.
+    # Before the trainer exists: its card callback extends what is set here with the data's statistics.
     describe_training(student, task, base_model=config.student)
     if config.distillation_weight > 0:
         train = pack_dse_labels(train_dataset, gold_column="label" if "label" in train_dataset.column_names else None)
