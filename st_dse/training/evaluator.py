@@ -69,16 +69,14 @@ def agreement_report(student_logits: Any, teacher_logits: Any, task: TaskSpec, g
     """How closely the student follows its teacher, and how both do on the rows with a gold label.
 
     Args:
-        student_logits, teacher_logits: ``(n, num_labels)`` or ``(n,)`` raw logits (numpy, lists or torch tensors),
-            the teacher's as ``label_with_teacher`` gives them (a 2-logit teacher reduced to one).
+        student_logits, teacher_logits: ``(n, num_labels)`` or ``(n,)`` raw logits (numpy, lists or tensors).
         task: the task, e.g. from :func:`task_from_teacher`.
-        gold: optional gold labels (class ids or scores); None or NaN marks a row without one.
+        gold: optional gold labels; None or NaN marks a row without one.
 
     Returns:
-        A dict with ``num_pairs``; ``spearman`` (Spearman correlation of student and teacher logits, averaged over
-        the logit columns) and ``spearman_per_logit``; for classifiers ``label_agreement`` (fraction of rows where
-        both predict the same class); and with ``gold``, ``num_gold`` and ``student_metrics`` / ``teacher_metrics``
-        (:func:`~st_dse.tasks.compute_metrics` on the rows with gold, 0-100), or None when no row has gold.
+        A dict: ``num_pairs``, ``spearman`` (of the logits, averaged over columns) and ``spearman_per_logit``; for
+        classifiers ``label_agreement``; with ``gold``, ``num_gold`` and ``student_metrics`` / ``teacher_metrics``
+        (0-100 on the rows with gold, None when there are none).
     """
     student, teacher = _logit_matrix(student_logits), _logit_matrix(teacher_logits)
     per_logit = [_spearman(student[:, column], teacher[:, column]) for column in range(student.shape[1])]

@@ -139,7 +139,8 @@ def describe_training(
         card.register_model(student)
         student.model_card_data = card
     if not card.base_model:
-        card.base_model = hub_model_id(base_model) or hub_model_id(student.transformers_model.config.name_or_path)
+        encoder = student.transformers_model
+        card.base_model = hub_model_id(base_model) or hub_model_id(encoder.config.name_or_path if encoder else None)
     name = data_name or task.name
     card.model_name = f"DSE student for {name}"
     if not card.train_datasets:
