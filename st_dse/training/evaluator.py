@@ -79,6 +79,8 @@ def agreement_report(student_logits: Any, teacher_logits: Any, task: TaskSpec, g
         (0-100 on the rows with gold, None when there are none).
     """
     student, teacher = _logit_matrix(student_logits), _logit_matrix(teacher_logits)
+    if student.shape != teacher.shape:
+        raise ValueError(f"Student logits {student.shape} and teacher logits {teacher.shape} differ in shape.")
     per_logit = [_spearman(student[:, column], teacher[:, column]) for column in range(student.shape[1])]
     report: dict[str, Any] = {
         "task": task.name,
