@@ -91,10 +91,7 @@ class DistillConfig:
     )
     pooling_layers: int | None = field(
         default=None,
-        metadata={
-            "help": "mean-pool the concatenated last K layers (the original DSE used 4; adds st_dse's TopLayersConcat "
-            "module, so the folder then loads with st_dse.load_student only); default: the base model's pooling"
-        },
+        metadata={"help": "mean-pool the last K layers (original DSE: 4; then load with st_dse.load_student only)"},
     )
     teacher_logit_scale: float = field(
         default=1.0, metadata={"help": "multiply the teacher's logits by this in the distillation term (classifiers)"}
@@ -105,8 +102,7 @@ class DistillConfig:
     augment: float | None = field(
         default=None,
         metadata={
-            "help": "add FACTOR x (train size) teacher-labelled pairs made of the train sentences; default 2 with a "
-            "trained --teacher, 0 when the recipe fine-tunes its own quick teacher or trains gold-only"
+            "help": "add FACTOR x (train size) teacher-labelled pairs of train sentences (default: 2 with --teacher)"
         },
     )
     augment_strategies: list[str] = field(
@@ -164,11 +160,7 @@ class LabelConfig:
     shard_index: int | None = field(default=None, metadata={"help": "which shard to label, 0 to --num-shards - 1"})
     num_shards: int | None = field(default=None, metadata={"help": "how many shards the pairs are split into"})
     merge: bool = field(
-        default=False,
-        metadata={
-            "help": "label nothing: check that every pair is cached (naming unfinished shards when --num-shards is "
-            "given) and merge the cache files into one"
-        },
+        default=False, metadata={"help": "label nothing: check that every pair is cached, and merge the cache files"}
     )
 
     def __post_init__(self) -> None:
