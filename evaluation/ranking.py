@@ -3,7 +3,7 @@
 Queries are dev first sentences, the candidates every distinct dev second sentence; the teacher scores every query x
 candidate pair (cached, like training labels, so a second student costs no teacher time), each student scores the
 same grid with its PairHead. Reports overlap@10 and NDCG@10 under the teacher's scores (see
-``st_dse/training/ranking.py``).
+``evaluation/ranking_fidelity.py``).
 
 Usage:
     python -m evaluation.ranking --task mrpc --teacher runs/mrpc-teacher --students runs/mrpc runs/mrpc-gold \\
@@ -29,11 +29,11 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from evaluation.arguments import task_name
+from evaluation.ranking_fidelity import ranking_fidelity, ranking_grid, student_grid
 from st_dse.data import get_task, load_task
 from st_dse.data.pair_files import read_pair_file
 from st_dse.student import get_pair_head, load_student
 from st_dse.teacher import label_with_teacher
-from st_dse.training.ranking import ranking_fidelity, ranking_grid, student_grid
 
 logger = logging.getLogger("ranking")
 

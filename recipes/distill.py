@@ -30,14 +30,13 @@ from st_dse.data.pair_files import HubUnreachableError
 from st_dse.data.sources import DataConfig, load_pairs
 from st_dse.hub import resolve_model_name
 from st_dse.inference import score_pairs
+from st_dse.losses import check_teacher_logit_scale
 from st_dse.student import load_model
 from st_dse.teacher import raw_logits
 from st_dse.training import distill_student, evaluate_student, finetune_teacher, save_student
-from st_dse.training.agreement import agreement_report, format_report
 from st_dse.training.config import DistillConfig, RunConfig, TeacherConfig, config_fields, parse_config
-from st_dse.training.distributed import barrier, is_main_process, label_across_ranks
-from st_dse.training.evaluator import relative_degradation
-from st_dse.training.outputs import check_output_dir, sibling_dir
+from st_dse.training.evaluator import agreement_report, format_report, relative_degradation
+from st_dse.training.train import barrier, check_output_dir, is_main_process, label_across_ranks, sibling_dir
 
 logger = logging.getLogger("distill")
 
@@ -47,16 +46,11 @@ def parse_args(argv: list[str] | None = None, task: str | None = None):
         (DataConfig, DistillConfig, RunConfig), argv, description=__doc__, defaults={"task": task} if task else None
     )
     if data.task is not None:
-        check_teacher_logit_scale(config, get_task(data.task))
+        try:
+            check_teacher_logit_scale(config.teacher_logit_scale, get_task(data.task).problem_type)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
     return data, config, run
-
-
-def check_teacher_logit_scale(config: DistillConfig, task) -> None:
-    if config.teacher_logit_scale != 1.0 and task.problem_type == "regression":
-        raise SystemExit(
-            f"error: --teacher-logit-scale applies to classification teachers; {task.name} is a regression task, "
-            "whose teacher predicts the label itself. Drop --teacher-logit-scale."
-        )
 
 
 def load_or_train_teacher(config: DistillConfig, run: RunConfig, task, train, dev) -> tuple[CrossEncoder, str]:
@@ -133,9 +127,9 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
         teacher, teacher_name = CrossEncoder(resolve_model_name(config.teacher)), config.teacher
     try:
         task, train, dev = load_pairs(data, teacher)
+        check_teacher_logit_scale(config.teacher_logit_scale, task.problem_type)
     except (HubUnreachableError, FileNotFoundError, ValueError) as error:  # one line, not a traceback
         raise SystemExit(f"error: {error}") from None
-    check_teacher_logit_scale(config, task)
     labelled = "label" in train.column_names and any(label is not None for label in train["label"])
     logger.info("%s: %d train pairs, %s dev pairs", task.name, len(train), len(dev) if dev is not None else "no")
     if not labelled:

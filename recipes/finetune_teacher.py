@@ -19,7 +19,7 @@ from st_dse.data.pair_files import HubUnreachableError
 from st_dse.data.sources import DataConfig, load_pairs
 from st_dse.training import finetune_teacher
 from st_dse.training.config import RunConfig, TeacherConfig, parse_config
-from st_dse.training.outputs import check_output_dir
+from st_dse.training.train import check_output_dir
 
 
 def main(argv: list[str] | None = None) -> None:

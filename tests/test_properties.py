@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -22,7 +23,7 @@ from torch import nn
 
 import st_dse
 from st_dse.data import get_task, load_task
-from st_dse.losses import DSELoss
+from st_dse.losses import DSELoss, check_gold_labels, pack_dse_labels
 from st_dse.modules import PairHead
 from tests.test_reliability import build_tiny_encoder
 
@@ -174,10 +175,16 @@ def test_batch_without_any_gold_label_still_backpropagates():
     ),
 )
 def test_dse_loss_never_returns_nan_it_raises_a_value_error(problem_type, weight, labels):
-    # Any label tensor at all (wrong shapes, NaN, infinities, out-of-range classes) for a batch of 3 pairs.
+    # Any label tensor at all (wrong shapes, NaN, infinities, out-of-range classes) for a batch of 3 pairs. Values
+    # are checked where they enter (check_gold_labels, and pack_dse_labels' finite teacher logits), shapes by the loss.
     loss_function = _loss(problem_type, "concat", weight, symmetric=False)
     embeddings = torch.ones(3, 4)
     try:
+        gold = labels if labels.ndim == 1 else labels[:, 0] if labels.shape[1] else []
+        check_gold_labels(list(gold), problem_type, PROBLEMS[problem_type])
+        if labels.ndim == 2 and labels.shape[1] > 1:
+            rows = {"sentence1": ["a"] * len(labels), "sentence2": ["b"] * len(labels)}
+            pack_dse_labels(Dataset.from_dict({**rows, "teacher_logits": labels[:, 1:].tolist()}), gold_column=None)
         loss = loss_function.compute_loss_from_embeddings(embeddings, -embeddings, torch.tensor(labels))
     except ValueError:
         return

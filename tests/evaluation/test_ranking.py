@@ -12,10 +12,10 @@ from sentence_transformers import CrossEncoder
 
 import st_dse
 from evaluation import ranking
+from evaluation.ranking_fidelity import ranking_fidelity, student_grid
 from st_dse.data import get_task
 from st_dse.teacher.labelling import raw_logits
 from st_dse.training import save_student
-from st_dse.training.ranking import ranking_fidelity, student_grid
 from tests.test_reliability import build_tiny_encoder
 
 WORDS = "cat dog sun rain snow tree car road bird fish".split()
@@ -50,8 +50,8 @@ def test_report_is_the_fidelity_of_the_two_grids(models, tmp_path):
     assert (queries, candidates) == (5, 24)
 
     # The same numbers from the library functions directly.
+    from evaluation.ranking_fidelity import ranking_grid
     from st_dse.data.pair_files import read_pair_file
-    from st_dse.training.ranking import ranking_grid
 
     query_list, candidate_list = ranking_grid(read_pair_file(models / "dev.csv"), 5, seed=0)
     teacher = CrossEncoder(str(models / "teacher"), device="cpu")

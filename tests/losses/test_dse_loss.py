@@ -10,6 +10,7 @@ from sentence_transformers import InputExample, SentenceTransformerTrainer, Sent
 from torch.utils.data import DataLoader
 
 from st_dse import DSELoss, build_student, get_pair_head, head_learning_rate_mapping, load_student, pack_dse_labels
+from st_dse.losses import check_gold_labels
 from st_dse.modules import PairHead
 
 EMBEDDINGS1 = torch.tensor([[0.5, -1.0, 2.0, 0.0], [1.5, 0.5, -0.5, 1.0], [0.0, 2.0, 1.0, -1.0]])
@@ -125,19 +126,58 @@ def test_symmetric_loss_averages_both_orders():
             "2 teacher logits per pair, but the PairHead has num_labels=1",
         ),
         ("binary", torch.tensor([1.0, 0.0, 1.0]), 0.5, "needs teacher logits"),
-        ("binary", torch.tensor([[[1.0]]] * 3), 0.0, "Labels must have shape"),
-        ("binary", torch.tensor([[1.0, 0.2]] * 2), 0.5, "Got 2 labels for a batch of 3"),
-        ("binary", torch.tensor([[1.0, math.nan]] * 3), 0.5, "NaN or infinite"),
-        ("binary", torch.tensor([[2.0, 0.1]] * 3), 0.5, "must be 0 or 1"),
-        ("multiclass", torch.tensor([[3.0, 0.1, 0.2, 0.3]] * 3), 0.5, r"class ids in \[0, 2\]"),
-        ("regression", torch.tensor([[math.inf, 0.1]] * 3), 0.5, "infinite"),
+        ("binary", torch.tensor([[[1.0]]] * 3), 0.0, r"Got labels of shape \(3, 1, 1\) for a batch of 3 pairs"),
+        ("binary", torch.tensor([[1.0, 0.2]] * 2), 0.5, r"Got labels of shape \(2, 2\) for a batch of 3 pairs"),
     ],
 )
-def test_bad_labels_get_clear_errors(problem_type, labels, weight, message):
+def test_bad_label_shapes_get_clear_errors(problem_type, labels, weight, message):
     num_labels = 3 if problem_type == "multiclass" else 1
     loss, _ = _loss_and_logits(num_labels, problem_type, weight)
     with pytest.raises(ValueError, match=message):
         loss.compute_loss_from_embeddings(EMBEDDINGS1, EMBEDDINGS2, labels)
+
+
+@pytest.mark.parametrize(
+    ("problem_type", "gold", "message"),
+    [
+        ("binary", [1.0, 2.0, 0.0], r"Row 1: gold label 2.0. Binary gold labels must be 0 or 1"),
+        ("binary", [0.5, math.nan, None], r"Row 0: .*must be 0 or 1"),
+        ("multiclass", [0.0, 1.0, 3.0], r"Row 2: .*Multiclass gold labels must be class ids in \[0, 2\]"),
+        ("multiclass", [1.5, 0.0, 1.0], r"Row 0: .*class ids in \[0, 2\]"),
+        ("regression", [1.0, math.inf, 0.0], r"Row 1: .*Regression gold labels must be finite numbers, not infinite"),
+    ],
+)
+def test_gold_labels_that_do_not_fit_the_task_are_refused_where_they_enter(problem_type, gold, message):
+    # Values are checked once, on the dataset (distill_student does this); DSELoss.forward never syncs on them.
+    with pytest.raises(ValueError, match=message):
+        check_gold_labels(gold, problem_type, 3 if problem_type == "multiclass" else 1)
+    check_gold_labels([0.0, 1.0, math.nan, None], problem_type, 3)  # valid labels and missing ones pass
+
+
+def test_non_finite_teacher_logits_and_gold_are_refused_by_pack_dse_labels():
+    pairs = {"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [1, 0], "teacher_logits": [[0.5], [0.1]]}
+    with pytest.raises(ValueError, match=r"Row 1: the teacher logits .*hold nan, expected finite"):
+        pack_dse_labels(Dataset.from_dict({**pairs, "teacher_logits": [[0.5], [math.nan]]}))
+    with pytest.raises(ValueError, match=r"Row 0: the gold label \('label'\) is float \(inf\)"):
+        pack_dse_labels(Dataset.from_dict({**pairs, "label": [math.inf, 0.0]}))
+
+
+def test_forward_does_not_wait_on_the_device(monkeypatch):
+    # No .item(), .any(), .all(), bool() or boolean indexing on tensors in a training step: each makes a GPU wait.
+    loss, _ = _loss_and_logits(3, "multiclass", 0.5)
+    _, gold, teacher = CASES["multiclass"]
+    labels = torch.tensor([[g, *t] for g, t in zip([gold[0], math.nan, gold[2]], teacher)])
+
+    def synced(*args, **kwargs):
+        raise AssertionError("DSELoss synchronised with the device")
+
+    for name in ("item", "any", "all", "__bool__", "tolist", "nonzero"):
+        monkeypatch.setattr(torch.Tensor, name, synced)
+    both_ways = DSELoss(loss.model, 0.5, symmetric=True, teacher_logit_scale=0.5)
+    value = both_ways.compute_loss_from_embeddings(EMBEDDINGS1.clone().requires_grad_(), EMBEDDINGS2, labels)
+    value.backward()
+    monkeypatch.undo()
+    assert torch.isfinite(value)
 
 
 def test_missing_labels_and_bad_weight_are_refused():

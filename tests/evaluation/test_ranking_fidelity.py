@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import st_dse
-from st_dse.training.ranking import ranking_fidelity, ranking_grid, student_grid
+from evaluation.ranking_fidelity import ranking_fidelity, ranking_grid, student_grid
 from tests.test_reliability import build_tiny_encoder
 
 
