@@ -16,10 +16,10 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import Tensor
 
+from st_dse.checks import int_at_least, one_of
 from st_dse.data import check_pairs
 from st_dse.fingerprint import model_fingerprint
 from st_dse.inference.prefilter import FAISS_NAME, PREFILTER_METRICS, Prefilter, PrefilterMetric
-from st_dse.inference.scoring import int_at_least, one_of
 from st_dse.inference.storage import REBUILD, StorageDtype, StoredMatrix, corrupt
 from st_dse.integrity import VerifyMode, atomic_save_dir, recover_interrupted_save, verify_manifest
 from st_dse.modules.pair_head import concat_logits

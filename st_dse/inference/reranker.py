@@ -14,8 +14,9 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.util.decorators import cross_encoder_predict_rank_args_decorator
 from torch import Tensor, nn
 
+from st_dse.checks import int_at_least
 from st_dse.data import check_pairs
-from st_dse.inference.scoring import encode_unique, int_at_least
+from st_dse.inference.scoring import encode_unique
 from st_dse.student import get_pair_head, load_student
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import torch
 from sentence_transformers import quantize_embeddings
 from torch import Tensor
 
-from st_dse.inference.scoring import one_of
+from st_dse.checks import one_of
 from st_dse.integrity import CorruptFileError
 
 StorageDtype = Literal["float32", "float16", "int8"]
