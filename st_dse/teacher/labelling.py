@@ -98,6 +98,8 @@ def label_with_teacher(
         raise ValueError(f"The dataset has no column(s) {missing}; its columns are {dataset.column_names}.")
     sentences1, sentences2 = list(dataset[sentence1_column]), list(dataset[sentence2_column])
     check_pairs(sentences1, sentences2)
+    if not sentences1:
+        logger.warning("label_with_teacher got a dataset without rows: there is nothing to label.")
     keys = [pair_key(a, b) for a, b in zip(sentences1, sentences2)]
     if num_shards is not None:
         rows = [row for row, key in enumerate(keys) if shard_of(key, num_shards) == shard_index]
