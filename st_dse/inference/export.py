@@ -1,8 +1,6 @@
 """Export a DSE student to ONNX as two graphs, the sentence encoder and the pair head, and run them with onnxruntime.
 
-Two graphs keep DSE's point: candidates are encoded once, and a query costs one encoder run plus the head over the
-cached embeddings. :class:`OnnxStudent` computes with onnxruntime and the saved tokenizer only (importing st_dse still
-imports torch; the folder's standard ONNX and tokenizer files also run without it).
+Two graphs keep DSE's point: candidates are encoded once, a query costs one encoder run plus the head.
 Needs ``pip install "st_dse[onnx]"``.
 """
 
@@ -36,8 +34,6 @@ HEAD_OUTPUT = "logits"
 
 
 class _Encoder(nn.Module):
-    """The student's modules but the PairHead (Transformer, pooling, Dense/Normalize if any) on token tensors."""
-
     def __init__(self, modules: list[nn.Module], input_names: Sequence[str]) -> None:
         super().__init__()
         self.encoder_modules = nn.ModuleList(modules)
@@ -61,8 +57,7 @@ class _Head(nn.Module):
 
 def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names, output_name, axes, opset) -> None:
     with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of the dynamo one (which needs onnxscript) but still
-        # exports these graphs exactly; tracing warns about shape checks that are constant for an encoder.
+        # The TorchScript exporter is deprecated (dynamo needs onnxscript) but exports these graphs exactly.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*aten::index.*")
@@ -80,12 +75,17 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names
 
 
 def export_onnx(model: SentenceTransformer, output_dir: str | os.PathLike, opset: int = 17) -> Path:
-    """Write ``encoder.onnx`` (token ids ``-> sentence_embedding``, what ``model.encode()`` gives), ``pair_head.onnx``
-    (``embeddings1``, ``embeddings2`` ``-> logits``, the PairHead's raw output), the tokenizer files and
-    ``onnx_config.json`` into ``output_dir``; return the folder. Batch (and sequence) axes are dynamic. The graphs
-    see token ids, so prompts (``model.prompts``) are not applied: prepend them to the text."""
+    """Write ``encoder.onnx`` (token ids -> ``sentence_embedding``), ``pair_head.onnx`` (``embeddings1``,
+    ``embeddings2`` -> ``logits``), the tokenizer and ``onnx_config.json`` into ``output_dir``; return the folder.
+
+    Prompts are not applied by the graphs: prepend them to the text.
+
+    Args:
+        model: A student with a PairHead.
+        output_dir: The folder to write.
+        opset: The ONNX opset version.
+    """
     head = get_pair_head(model)
-    # The head passes features through, so the encoder is every other module, in order.
     modules = [module for module in model if module is not head]
     if getattr(model, "default_prompt_name", None):
         warnings.warn(
@@ -130,8 +130,7 @@ class OnnxStudent:
 
     Args:
         output_dir: The exported folder.
-        providers: onnxruntime execution providers; None takes every available local one (CUDA before CPU when
-            onnxruntime-gpu is installed).
+        providers: onnxruntime execution providers; None takes every available local one.
         session_options: ``onnxruntime.SessionOptions`` for both sessions (e.g. ``intra_op_num_threads``).
     """
 
@@ -163,7 +162,7 @@ class OnnxStudent:
             return self.encode([sentences], batch_size=batch_size)[0]
         sentences = list(sentences)
         embeddings = np.empty((len(sentences), self.config["embedding_dimension"]), dtype=np.float32)
-        # Longest first, as sentence-transformers does, so that each batch pads to similar lengths.
+        # Longest first, as sentence-transformers does: less padding.
         order = np.argsort([-len(sentence) for sentence in sentences], kind="stable")
         for start in range(0, len(sentences), batch_size):
             rows = order[start : start + batch_size]
@@ -181,11 +180,7 @@ class OnnxStudent:
     def score_embeddings(
         self, embeddings1: np.ndarray, embeddings2: np.ndarray, batch_size: int = 16384
     ) -> np.ndarray:
-        """Head logits of embedding pairs: ``(n,)`` for one-logit heads, ``(n, k)`` for k-way heads.
-
-        Either side may be a single embedding (``(dim,)`` or ``(1, dim)``), scored against every row of the other:
-        one query against cached candidate embeddings.
-        """
+        """Head logits of embedding pairs, ``(n,)`` or ``(n, k)``; a single embedding on one side meets every row."""
         first = np.atleast_2d(np.asarray(embeddings1, dtype=np.float32))
         second = np.atleast_2d(np.asarray(embeddings2, dtype=np.float32))
         rows = max(len(first), len(second))

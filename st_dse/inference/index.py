@@ -16,10 +16,10 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import Tensor
 
+from st_dse.checks import int_at_least, one_of
 from st_dse.data import check_pairs
 from st_dse.fingerprint import model_fingerprint
 from st_dse.inference.prefilter import FAISS_NAME, PREFILTER_METRICS, Prefilter, PrefilterMetric
-from st_dse.inference.scoring import int_at_least, one_of
 from st_dse.inference.storage import REBUILD, StorageDtype, StoredMatrix, corrupt
 from st_dse.integrity import VerifyMode, atomic_save_dir, recover_interrupted_save, verify_manifest
 from st_dse.modules.pair_head import concat_logits
@@ -42,37 +42,32 @@ SCORE_BUFFER_ELEMENTS = 1 << 25
 class CandidateIndex:
     """Candidates encoded once; queries scored against all of them with the student's PairHead, top-k returned.
 
-    A query costs one encode plus the small head over the cached embeddings (a cross-encoder would run once per pair).
-    Exact by default: the head scores every candidate, ``chunk_size`` per matrix product. A faiss prefilter makes it
-    approximate: the head then scores only a shortlist. Scores are always the head's exact logits of the stored
-    candidates. A saved index is a folder: ``candidate_index.json`` (settings, the student's fingerprint), ``.npy``
-    rows, the faiss prefilter and ``checksums.json`` (size and SHA-256 of every file).
+    Exact by default (the head scores every candidate); a faiss prefilter makes it approximate (the head scores a
+    shortlist). Scores are always the head's exact logits of the stored candidates.
 
     Args:
-        model: The student (a SentenceTransformer with a PairHead) whose encoder made ``candidate_embeddings``.
-        candidate_embeddings: ``(num_candidates, dim)`` embeddings from ``model.encode`` (see :meth:`from_sentences`),
-            or a :class:`~st_dse.inference.storage.StoredMatrix` (e.g. built with ``StoredMatrix.from_chunks``).
+        model: The student (a SentenceTransformer with a PairHead) that encoded ``candidate_embeddings``.
+        candidate_embeddings: ``(num_candidates, dim)`` embeddings from ``model.encode``, or a
+            :class:`~st_dse.inference.storage.StoredMatrix`.
         label_index: Which logit ranks candidates; required when the head has several labels.
         chunk_size: Candidates per matrix product: bounds working memory (default 8192 on a CPU, 65536 on a GPU).
         storage_dtype: ``"float32"`` (exact), ``"float16"`` or ``"int8"`` (4x smaller; per-dimension quantisation).
-        faiss_index: A faiss ``index_factory`` string. Concat head: a prefilter (``"Flat"``, ``"PQ384x4fs"``,
-            ``"IVF1024,PQ384x4fs"``, ``"HNSW32"``...) whose best ``rerank_k`` candidates the head scores. Factorized
-            head: an inner-product index over the candidate-side head vectors (``"Flat"`` is exact). faiss runs on
-            the CPU; its search parameters are :attr:`faiss_params`. Needs ``pip install faiss-cpu``.
-        prefilter_metric: What a concat prefilter ranks by: ``"head"`` (default), a linear surrogate of the head
-            (:class:`~st_dse.inference.prefilter.HeadSurrogate`); or ``"cosine"``, ``"inner_product"``, ``"l2"``.
+        faiss_index: A faiss ``index_factory`` string (``"Flat"``, ``"IVF1024,PQ384x4fs"``, ``"HNSW32"``...). Concat
+            head: a prefilter whose best ``rerank_k`` candidates the head scores; factorized head: an inner-product
+            index over the head's candidate vectors. Needs ``pip install faiss-cpu``.
+        prefilter_metric: What a concat prefilter ranks by: ``"head"`` (a linear surrogate of the head), ``"cosine"``,
+            ``"inner_product"`` or ``"l2"``.
         rerank_k: How many prefiltered candidates a concat head scores (default 1000).
-        rescore_k: Concat head: screen the candidates (all, or the prefilter's) with bfloat16 products and rescore
-            the best ``rescore_k`` (100 is a good start) in float32. None (default): float32 only.
-        device: Where candidates are stored and scored (``"cpu"``, ``"cuda:1"``...); results come back on the CPU.
+        rescore_k: Concat head: screen candidates in bfloat16 and rescore the best ``rescore_k`` in float32.
+        device: Where candidates are stored and scored; results come back on the CPU.
 
     Example::
 
             index = CandidateIndex.from_sentences(student, corpus, storage_dtype="float16")
             hits = index.search(["How do I learn Python?"], top_k=5)
-            # hits[0] == [{"corpus_id": 12, "score": 4.1}, ...], best first (score = the head's logit)
+            # hits[0] == [{"corpus_id": 12, "score": 4.1}, ...], best first
             index.save("corpus-index")
-            index = CandidateIndex.load("corpus-index", student)  # checked, memory-mapped; refuses another model
+            index = CandidateIndex.load("corpus-index", student)
     """
 
     def __init__(
@@ -141,11 +136,10 @@ class CandidateIndex:
         index_device: str | torch.device = "cpu",
         **kwargs,
     ) -> CandidateIndex:
-        """Encode ``candidates`` with the student (batched) and build the index.
+        """Encode ``candidates`` with the student and build the index.
 
-        ``device`` is where encoding runs: ``["cpu", "cpu"]`` or ``["cuda:0", "cuda:1"]`` encode with several
-        processes (or pass a ``pool`` from ``model.start_multi_process_pool(...)``). ``index_device`` is where the
-        index keeps and scores the candidates. Other keyword arguments go to :class:`CandidateIndex`.
+        ``device`` (a list for several processes) or ``pool`` go to ``model.encode``; ``index_device`` is where the
+        index keeps the candidates; other keyword arguments go to :class:`CandidateIndex`.
         """
         candidates = list(candidates)
         check_pairs(candidates, candidates, what="candidate")
@@ -234,8 +228,6 @@ class CandidateIndex:
         ids = torch.as_tensor(candidate_ids, dtype=torch.long).reshape(len(queries), -1).to(self.device)
         return torch.stack([self._scores_for(query, ids[row]) for row, query in enumerate(queries)]).cpu()
 
-    # -- exact scoring of the stored rows, chunk by chunk, where they are stored --------------------------------------
-
     def _queries(self, query_embeddings: Tensor | np.ndarray) -> Tensor:
         embeddings = torch.as_tensor(query_embeddings)
         embeddings = embeddings[None] if embeddings.dim() == 1 else embeddings
@@ -252,11 +244,9 @@ class CandidateIndex:
         return range(0, len(self), step or self._step())
 
     def _query_vectors(self, queries: Tensor) -> Tensor:
-        """Factorized head: the ranking label's query vectors ``(num_queries, rank + 2)`` in float32."""
         return self.head.query_vectors(queries.to(next(self.head.parameters()).dtype))[:, self.label_index].float()
 
     def _chunk_scores(self, queries: Tensor, compute_dtype: torch.dtype | None = None) -> Iterator[Tensor]:
-        """Scores ``(num_queries, chunk)`` of consecutive candidate chunks; bfloat16 ``compute_dtype`` screens."""
         if self.candidate_vectors is not None:
             # A factorized chunk needs only (queries x chunk) floats of working memory: take bigger chunks.
             query_vectors = self._query_vectors(queries).T.contiguous()
@@ -270,15 +260,12 @@ class CandidateIndex:
             )
 
     def _top_k(self, queries: Tensor, k: int, compute_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
-        """The ``k`` best scores and candidate ids ``(num_queries, k)`` of every candidate, best first."""
-        # Scores of a block of queries against all candidates are gathered, then one topk per block: cheaper than
-        # merging running top-k lists chunk by chunk, and the block size bounds the buffer.
+        # One topk per block of queries over all scores: cheaper than merging running top-k lists chunk by chunk.
         block = max(1, SCORE_BUFFER_ELEMENTS // max(len(self), 1))
         best = [torch.cat(list(self._chunk_scores(part, compute_dtype)), 1).topk(k) for part in queries.split(block)]
         return torch.cat([scores for scores, _ in best]), torch.cat([ids for _, ids in best])
 
     def _scores_for(self, query: Tensor, ids: Tensor, compute_dtype: torch.dtype | None = None) -> Tensor:
-        """Scores ``(len(ids),)`` of one query against the candidates ``ids``."""
         if self.candidate_vectors is not None:
             return self.candidate_vectors.rows(ids) @ self._query_vectors(query[None])[0]
         return concat_logits(self.head, query, self.embeddings.rows(ids), self.label_index, compute_dtype)
@@ -310,8 +297,7 @@ class CandidateIndex:
         return dict(zip(CONFIG_KEYS, values))
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index to the folder ``path`` (replacing any folder there, all or nothing): ``.npy`` arrays, the
-        faiss prefilter, the config (last) and ``checksums.json``, every file's size and SHA-256 for :meth:`load`."""
+        """Write the index to the folder ``path``, all or nothing, with a ``checksums.json`` for :meth:`load`."""
 
         def write(folder: Path) -> None:
             self.embeddings.save(folder, "embeddings")
@@ -336,13 +322,11 @@ class CandidateIndex:
         """Open an index saved by :meth:`save`, for ``model``: the same student that built it.
 
         Args:
-            mmap: On the CPU, memory-map the arrays: no copy; pages are read on first use.
-            verify: Check the files against ``checksums.json`` first: ``"full"`` (sizes and SHA-256: reads every
-                byte), ``"size"`` (catches truncation, not changed bytes) or ``"none"``. A folder without a manifest
-                loads unchecked, with a warning. A missing, damaged or foreign file raises a CorruptFileError for it.
-            device: Where to put the candidates, as in :class:`CandidateIndex`.
-            faiss_params: faiss search parameters instead of the saved ones. Other search settings (``rerank_k``,
-                ``rescore_k``, ``chunk_size``) are attributes of the loaded index.
+            mmap: On the CPU, memory-map the arrays instead of copying them.
+            verify: Check the files against ``checksums.json``: ``"full"`` (sizes and SHA-256), ``"size"`` or
+                ``"none"``. A missing, damaged or foreign file raises a CorruptFileError.
+            device: Where to put the candidates.
+            faiss_params: faiss search parameters instead of the saved ones.
         """
         directory, head = Path(path), get_pair_head(model)
         config = _read_config(directory, verify)
@@ -369,7 +353,6 @@ class CandidateIndex:
 
 
 def _read_config(directory: Path, verify: VerifyMode) -> dict[str, Any]:
-    """The config of a saved index, after repairing an interrupted save and verifying every file it implies."""
     if not directory.is_symlink() and not directory.is_file():  # a save into it may have been killed mid-swap
         recover_interrupted_save(directory)
     path = directory / CONFIG_NAME

@@ -1,12 +1,7 @@
-"""The approximate prefilter of a CandidateIndex: a faiss index over the candidates, and the head surrogate it uses.
+"""The approximate prefilter of a CandidateIndex: a faiss index (on the CPU) that shortlists candidates.
 
-For a concat head the exact score of ``n`` candidates costs ``n`` evaluations of the head's MLP; a prefilter picks a
-shortlist with a faiss search first, and the index then scores only the shortlist exactly. By default the faiss index
-ranks candidates by :class:`HeadSurrogate`, a per-query linear stand-in for the head itself. For a factorized head the
-faiss index searches the candidate-side head vectors by inner product, which is the head's logit.
-
-faiss runs on the CPU: an index whose candidates live on an accelerator searches its prefilter on the CPU and scores
-the shortlist on the accelerator.
+A concat head's shortlist comes from :class:`HeadSurrogate`, a per-query linear stand-in for the head; a factorized
+head's from the inner product of its head vectors, which is its logit.
 """
 
 from __future__ import annotations
@@ -37,9 +32,8 @@ class HeadSurrogate:
     The head is ``w2 . relu(W_u u + W_v v + W_mul (u * v) + W_diff |u - v| + b)``. For a query ``u``, each hidden
     unit's ReLU is replaced by how often that unit is active over a reference sample of the candidates (so the head
     becomes linear in ``v`` and ``|u - v|``), and ``|x|`` by the parabola ``x^2 / (2c)`` fitted to the candidates'
-    typical ``|v - v'|`` per dimension ``c``. What remains is an inner product of a query vector ``q(u)`` with
-    ``[v, v * v]``, which faiss can search; the index then rescores the shortlist exactly. The surrogate is a
-    function of the stored candidates (:meth:`fit`), so a loaded index fits it again rather than saving it.
+    typical ``|v - v'|`` per dimension ``c``. What remains is an inner product with ``[v, v * v]``, which faiss can
+    search. A loaded index fits it again (:meth:`fit`) rather than saving it.
 
     Args:
         reference: ``(m, d)`` candidate embeddings, an evenly spread sample of the corpus.

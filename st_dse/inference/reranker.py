@@ -14,8 +14,9 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.util.decorators import cross_encoder_predict_rank_args_decorator
 from torch import Tensor, nn
 
+from st_dse.checks import int_at_least
 from st_dse.data import check_pairs
-from st_dse.inference.scoring import encode_unique, int_at_least
+from st_dse.inference.scoring import encode_unique
 from st_dse.student import get_pair_head, load_student
 
 logger = logging.getLogger(__name__)
@@ -30,24 +31,16 @@ class DSEReranker:
     """A DSE student with CrossEncoder's ``predict`` and ``rank``: code written for a cross-encoder reranker runs
     unchanged on the (much faster) student.
 
-    Scores are the student's head logits (what :func:`st_dse.score_pairs` returns) passed through
-    ``activation_fn``. Like CrossEncoder, the default activation is :class:`torch.nn.Sigmoid` for a one-logit binary
-    head, and :class:`torch.nn.Identity` otherwise: regression heads give their raw scores, k-way heads their raw
-    logits (``apply_softmax=True`` turns them into probabilities). Pass ``activation_fn=torch.nn.Identity()`` to
-    ``predict``/``rank`` for raw logits from a binary head.
-
-    The student encodes each sentence on its own, so the second text of each pair (a document) can be encoded once
-    and reused: the reranker keeps an LRU cache of up to ``cache_size`` document embeddings and encodes only texts it
-    has not seen. The first texts (queries) are encoded on every call and not cached. The cache is keyed by text
-    alone: call :meth:`clear_cache` after changing the model's weights, max_seq_length or prompts.
+    Scores are the head's logits passed through ``activation_fn`` (as in CrossEncoder: Sigmoid for a one-logit binary
+    head, else Identity). Document embeddings (each pair's second text) are kept in an LRU cache keyed by text: call
+    :meth:`clear_cache` after changing the model's weights, max_seq_length or prompts.
 
     Args:
         model: A student with a PairHead, e.g. ``st_dse.load_student("path/to/student")``.
-        activation_fn: The default activation applied to the logits; None picks it from the head as described above.
+        activation_fn: The default activation applied to the logits; None picks it from the head.
         cache_size: Most document embeddings kept in the cache (0 disables it).
     """
 
-    # One pair (["q", "d"]) rather than a batch of pairs, exactly as CrossEncoder tells them apart.
     is_singular_input = CrossEncoder.is_singular_input
 
     def __init__(self, model: SentenceTransformer, activation_fn: Callable | None = None, cache_size: int = 100_000):
@@ -124,8 +117,7 @@ class DSEReranker:
         )
         rows1, rows2 = (torch.tensor(rows, device=query_embeddings.device) for rows in (query_rows, document_rows))
         if len(query_embeddings) == 1:
-            # One query (every rank() call): score_all computes the query's share of the head's first layer
-            # once instead of once per pair, about 1.4x faster than score() on CPU, the same logits.
+            # One query (every rank() call): its share of the head's first layer is computed once.
             chunks = rows2.split(HEAD_CHUNK_SIZE)
             return torch.cat([self.head.score_all(query_embeddings, document_embeddings[c])[0] for c in chunks])
         pairs = zip(rows1.split(HEAD_CHUNK_SIZE), rows2.split(HEAD_CHUNK_SIZE))

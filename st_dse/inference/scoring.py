@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from torch import Tensor
 
+from st_dse.checks import int_at_least
 from st_dse.data import check_pairs
 from st_dse.modules.pair_head import Output, logits_to_output
 from st_dse.student import get_pair_head
 
 Embeddings = TypeVar("Embeddings")
-
-
-def int_at_least(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {wanted}, got {value!r}.")
-    return int(value)
-
-
-def one_of(name: str, value: Any, choices: Sequence[str]) -> str:
-    """``value``, or a ValueError naming ``name`` when it is not one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
-    return value
 
 
 def encode_unique(encode: Callable[[list[str]], Embeddings], sentences: Sequence[str]) -> tuple[Embeddings, list[int]]:

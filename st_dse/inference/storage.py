@@ -13,7 +13,7 @@ import torch
 from sentence_transformers import quantize_embeddings
 from torch import Tensor
 
-from st_dse.inference.scoring import one_of
+from st_dse.checks import one_of
 from st_dse.integrity import CorruptFileError
 
 StorageDtype = Literal["float32", "float16", "int8"]
@@ -27,7 +27,6 @@ REBUILD = (
 
 
 def corrupt(path: Path, problem: str) -> CorruptFileError:
-    """The error for a damaged file of a saved index: names the file, says what is wrong and what to do."""
     return CorruptFileError(f"{path} {problem}. {REBUILD}", path)
 
 
@@ -35,9 +34,7 @@ class StoredMatrix:
     """A ``(rows, columns)`` float matrix kept as float32, float16 or int8, read in float32 chunks, gathered by id, or
     multiplied by a matrix without turning it all into float32.
 
-    int8 holds :func:`sentence_transformers.quantize_embeddings` codes: each column's range cut into 256 equal steps.
-    A code reads back as the middle of its step, ``code * scale + center``, so each value is off by at most
-    ``scale / 2``; a constant column (``scale`` 0) reads back exactly.
+    int8 holds :func:`sentence_transformers.quantize_embeddings` codes, read back as ``code * scale + center``.
 
     Args:
         data: The stored values: a numpy array (host memory, or a ``np.memmap``) or a torch tensor (an accelerator).
@@ -55,7 +52,6 @@ class StoredMatrix:
         self.data, self.dtype = data, dtype
         self.scale = None if scale is None else np.asarray(scale, dtype=np.float32)
         self.center = None if center is None else np.asarray(center, dtype=np.float32)
-        # The per-column maps as tensors where the rows are, made once.
         if scale is not None:
             self.scale_tensor = torch.from_numpy(self.scale).to(self.device)
             self.center_tensor = torch.from_numpy(self.center).to(self.device)
@@ -78,10 +74,8 @@ class StoredMatrix:
     ) -> StoredMatrix:
         """Store the rows that ``chunks()`` yields, in order, without holding them all in float32 at once.
 
-        ``chunks`` is called twice: once to learn the number of rows and each column's range, once to store them, so
-        it must yield the same rows both times (e.g. regenerate them from a seed, or read them from a file). Peak
-        memory is the stored matrix plus one chunk; with ``path`` the rows go to a new ``.npy`` file there instead,
-        memory-mapped, so that a corpus larger than memory can be stored (the file is the caller's to delete).
+        ``chunks`` is called twice (ranges, then rows) and must yield the same rows both times. With ``path`` the
+        rows go to a new memory-mapped ``.npy`` file there (the caller's to delete).
         """
         one_of("storage_dtype", dtype, tuple(NUMPY_DTYPES))
         rows, low, high = 0, np.float32(np.inf), np.float32(-np.inf)

@@ -12,6 +12,7 @@ import torch
 from sentence_transformers import CrossEncoder
 from tqdm.auto import tqdm
 
+from st_dse.checks import int_at_least
 from st_dse.data.pairs import as_dataset, check_pairs
 from st_dse.fingerprint import weights_fingerprint
 from st_dse.teacher.cache import TeacherLogitCache, default_cache_dir, pair_key, shard_of
@@ -20,11 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def teacher_fingerprint(cross_encoder: CrossEncoder) -> str:
-    """A hex digest that changes whenever the teacher's outputs could: its weights, label count and max length.
-
-    Hashing the weights (not the model name) means a further fine-tuned teacher saved under the same path never
-    reuses the logits of the earlier one.
-    """
+    """A hex digest of the teacher's weights, label count and max length: a re-fine-tuned teacher gets a new one."""
     settings = {
         "class": type(cross_encoder).__name__,
         "num_labels": cross_encoder.num_labels,
@@ -34,25 +31,17 @@ def teacher_fingerprint(cross_encoder: CrossEncoder) -> str:
 
 
 def raw_logits(cross_encoder: CrossEncoder, pairs: list[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
-    """The teacher's raw logits ``(n, k)``: no sigmoid or softmax. A 2-logit teacher gives ``l1 - l0`` as one logit.
+    """The teacher's raw logits ``(n, k)``, no activation. A 2-logit teacher gives ``l1 - l0`` as one logit.
 
-    The 2-to-1 reduction matches the original DSE code: for a binary softmax teacher, ``l1 - l0`` is the logit of the
-    positive class, which a one-output student head with BCE can reproduce exactly.
+    For a binary softmax teacher ``l1 - l0`` is the positive class's logit, which a one-output head can reproduce.
     """
     if not pairs:
         return np.zeros((0, 1 if cross_encoder.num_labels <= 2 else cross_encoder.num_labels), dtype=np.float32)
     logits = cross_encoder.predict(
-        pairs,
-        batch_size=batch_size,
-        activation_fn=torch.nn.Identity(),
-        apply_softmax=False,
-        convert_to_numpy=True,
-        show_progress_bar=False,
+        pairs, batch_size=batch_size, activation_fn=torch.nn.Identity(), apply_softmax=False, show_progress_bar=False
     )
     logits = np.asarray(logits, dtype=np.float32).reshape(len(pairs), -1)
-    if logits.shape[1] == 2:
-        logits = logits[:, 1:2] - logits[:, 0:1]
-    return logits
+    return logits[:, 1:2] - logits[:, 0:1] if logits.shape[1] == 2 else logits
 
 
 def label_with_teacher(
@@ -73,46 +62,36 @@ def label_with_teacher(
 ) -> datasets.Dataset:
     """Add a column with the teacher's raw logits (a list of floats per row) to ``dataset``.
 
-    Logits are cached on disk (see :class:`TeacherLogitCache`), so an interrupted call, rerun with the same teacher
-    and cache folder, labels only the pairs that are missing, and gives exactly the logits of an uninterrupted run.
-
-    To split a large dataset across processes or machines, run one call per shard with ``shard_index=i`` and
-    ``num_shards=n`` (``recipes/label_teacher.py`` does this from the command line). Pairs are assigned to shards by a
-    hash of their text, so every process agrees on the split. With one shared cache folder (or the shards' cache
-    folders copied into one), a final call without shard arguments finds everything cached and labels nothing.
+    Logits are cached on disk by teacher and pair content (:class:`TeacherLogitCache`): a rerun after an
+    interruption labels only the missing pairs and gives exactly the logits of an uninterrupted run. Shards
+    (``shard_index``/``num_shards``) split pairs by a hash of their text, so every process agrees on the split; a
+    final call without shard arguments over the shared cache labels nothing.
 
     Args:
         cross_encoder: The teacher, a fine-tuned :class:`~sentence_transformers.CrossEncoder`.
-        dataset: Pairs in ``sentence1_column`` and ``sentence2_column``; other columns are kept. A dict of columns or
-            a pandas DataFrame is converted to a :class:`datasets.Dataset`. An empty one gives an empty result.
-        output_column: Name of the new column. Each row holds ``num_labels`` floats: one for a binary teacher (2-logit
-            teachers are reduced to ``l1 - l0``) or a regression teacher, k for a k-way teacher.
+        dataset: Pairs in ``sentence1_column`` and ``sentence2_column`` (a Dataset, dict of columns or DataFrame);
+            other columns are kept.
+        output_column: The new column: one float per row for a binary (``l1 - l0``) or regression teacher, k for a
+            k-way teacher.
         batch_size: Teacher batch size.
         cache_dir: Where logits are cached; defaults to :func:`default_cache_dir`.
         use_cache: Set False to neither read nor write the cache.
-        chunk_size: Pairs labelled between two cache writes; an interruption loses at most the chunk in flight.
-            Defaults to ``batch_size``: one teacher batch.
+        chunk_size: Pairs labelled between two cache writes (default ``batch_size``).
         show_progress_bar: Defaults to showing one when logging is at INFO or below.
-        shard_index, num_shards: Label only shard ``shard_index`` of ``num_shards``; the returned dataset then holds
-            only that shard's rows, in their original order.
-        require_cached: Label nothing; raise a ValueError if any pair has no cached logits (e.g. a shard that has not
-            finished). Use it to check that sharded labelling is complete.
-        merge: After a complete run, fold the cache's files into one (leave it False while other processes may
-            be reading the same cache folder).
+        shard_index, num_shards: Label only shard ``shard_index`` of ``num_shards``; only its rows are returned, in
+            their original order.
+        require_cached: Label nothing; raise a ValueError if any pair has no cached logits.
+        merge: After a complete run, fold the cache's files into one (leave it False while other processes read it).
 
     Raises:
-        ValueError: data that is not a Dataset, dict or DataFrame, a missing column, a sentence that is empty (nothing
-            visible), None, not a string or not valid Unicode, bad batch or shard arguments, a teacher
-            that produced NaN or infinite logits (that batch is not cached), or missing logits with
-            ``require_cached``.
+        ValueError: bad data, columns, sizes or shard arguments, NaN or infinite teacher logits (that chunk is not
+            cached), or missing logits with ``require_cached``.
     """
-    chunk_size = batch_size if chunk_size is None else chunk_size
-    for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    _check_shard_arguments(shard_index, num_shards)
-    if require_cached and not use_cache:
-        raise ValueError("require_cached=True reads the cache; it cannot be combined with use_cache=False.")
+    int_at_least("batch_size", batch_size)
+    chunk_size = batch_size if chunk_size is None else int_at_least("chunk_size", chunk_size)
+    problem = _argument_problem(shard_index, num_shards, require_cached, use_cache)
+    if problem:
+        raise ValueError(problem)
     dataset = as_dataset(dataset, "label_with_teacher")
     missing = [c for c in (sentence1_column, sentence2_column) if c not in dataset.column_names]
     if missing:
@@ -127,35 +106,23 @@ def label_with_teacher(
         dataset = dataset.select(rows)
         sentences1, sentences2, keys = ([values[row] for row in rows] for values in (sentences1, sentences2, keys))
 
-    fingerprint = teacher_fingerprint(cross_encoder)
-    cache = TeacherLogitCache(cache_dir or default_cache_dir(), fingerprint) if use_cache else None
-    known: dict[bytes, np.ndarray] = {}
-    # Distinct uncached pairs, labelled longest first (characters, as CrossEncoder.predict sorts) with the pair key
-    # breaking ties. Sorting across the whole to-do list, not only inside each chunk, keeps one-batch chunks about as
-    # little padded as one big predict call. The order is total and cached chunks are a prefix of it, so a rerun after
-    # an interruption forms exactly the chunks the uninterrupted run would have formed for the rest: identical logits.
-    todo: dict[bytes, tuple[str, str]] = {}
-    for key, a, b in zip(keys, sentences1, sentences2):
-        if cache is not None and key in cache:
-            known[key] = cache.get(key)
-        else:
-            todo[key] = (a, b)
-    shard = f" (shard {shard_index} of {num_shards})" if num_shards is not None else ""
-    logger.info(
-        "Teacher labelling%s: %d pairs, %d cached, %d to label", shard, len(keys), len(keys) - len(todo), len(todo)
+    cache = (
+        TeacherLogitCache(cache_dir or default_cache_dir(), teacher_fingerprint(cross_encoder)) if use_cache else None
     )
+    known = {key: cache.get(key) for key in keys if key in cache} if cache is not None else {}
+    todo = {key: (a, b) for key, a, b in zip(keys, sentences1, sentences2) if key not in known}
+    shard = f" (shard {shard_index} of {num_shards})" if num_shards is not None else ""
+    logger.info("Teacher labelling%s: %d pairs, %d to label", shard, len(keys), len(todo))
     if require_cached and todo:
         raise ValueError(
             f"{len(todo)} of {len(keys)} pairs{shard} have no cached logits for this teacher in {cache.directory}. "
             "Label them first (e.g. finish the missing shards with recipes/label_teacher.py --shard-index i "
             "--num-shards n), or copy the shards' cache folders into this one."
         )
-
     if show_progress_bar is None:
         show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
     known.update(_label_missing(cross_encoder, todo, cache, batch_size, chunk_size, show_progress_bar))
     if cache is not None and merge:
-        # A complete run: fold the per-batch files (and earlier merged files) into one, so loading stays fast.
         try:
             cache.merge()
         except OSError as error:  # e.g. a read-only shared cache that already held everything
@@ -177,7 +144,11 @@ def _label_missing(
     chunk_size: int,
     show_progress_bar: bool,
 ) -> dict[bytes, np.ndarray]:
-    """The teacher's logits for the pairs in ``todo``, chunk by chunk, each chunk cached as soon as it is scored."""
+    """The logits of ``todo``'s pairs, each chunk cached as soon as it is scored.
+
+    Pairs go longest first (as CrossEncoder.predict sorts), ties broken by key: a total order whose cached chunks
+    are a prefix, so a rerun forms the same remaining chunks as an uninterrupted run and gets identical logits.
+    """
     known: dict[bytes, np.ndarray] = {}
     todo_keys = sorted(todo, key=lambda key: (-(len(todo[key][0]) + len(todo[key][1])), key))
     with tqdm(total=len(todo_keys), desc="Teacher labelling", unit="pair", disable=not show_progress_bar) as bar:
@@ -196,16 +167,16 @@ def _label_missing(
     return known
 
 
-def _check_shard_arguments(shard_index: int | None, num_shards: int | None) -> None:
+def _argument_problem(shard_index, num_shards, require_cached: bool, use_cache: bool) -> str | None:
     if (shard_index is None) != (num_shards is None):
-        raise ValueError("Pass shard_index and num_shards together (or neither, to label every pair).")
-    if num_shards is None:
-        return
-    for name, value in (("shard_index", shard_index), ("num_shards", num_shards)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}.")
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ValueError(
+        return "Pass shard_index and num_shards together (or neither, to label every pair)."
+    if num_shards is not None and (
+        int_at_least("num_shards", num_shards, 0) < 1 or int_at_least("shard_index", shard_index, 0) >= num_shards
+    ):
+        return (
             f"shard_index must be in [0, num_shards - 1] with num_shards >= 1, got shard_index={shard_index}, "
             f"num_shards={num_shards}."
         )
+    if require_cached and not use_cache:
+        return "require_cached=True reads the cache; it cannot be combined with use_cache=False."
+    return None
