@@ -44,7 +44,7 @@ logger = logging.getLogger("glue")
 
 def eval_splits(task: TaskSpec) -> list[str]:
     """Dev split(s), plus test where the test split has gold labels here."""
-    return [split for split in task.splits if split != "train"]
+    return [split for split in task.benchmark.splits if split != "train"]
 
 
 def cosine(model, sentences1: list[str], sentences2: list[str]) -> np.ndarray:

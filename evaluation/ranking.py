@@ -57,7 +57,7 @@ def dev_pairs(args: argparse.Namespace) -> datasets.Dataset:
     if args.dev_file:
         return read_pair_file(args.dev_file, args.sentence1_column, args.sentence2_column)
     task = get_task(args.task)
-    return load_task(task, task.dev_split, args.data_dir)
+    return load_task(task, task.benchmark.dev_split, args.data_dir)
 
 
 def logit_column(num_labels: int, label_names: list[str], label: str | None, who: str) -> int:

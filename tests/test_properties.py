@@ -231,7 +231,7 @@ def test_malformed_files_give_a_value_error_naming_the_file(content, task):
 
     spec = get_task(task)
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / spec.local_files["train"].relative_path
+        path = Path(folder) / spec.benchmark.local_files["train"].relative_path
         path.parent.mkdir(parents=True)
         path.write_bytes(content)
         try:

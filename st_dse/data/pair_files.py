@@ -1,28 +1,19 @@
-"""Your own sentence pairs and your own CrossEncoder teacher.
+"""Your own sentence pairs: read a file, map its columns, parse its labels, and describe the task from the teacher.
 
-Read pairs from a file (:func:`read_pair_file`) or from a Hugging Face Hub dataset (:func:`load_hub_pairs`), describe
-the task from the teacher's config (:func:`task_from_teacher`), turn class names into ids (:func:`encode_labels`) and,
-after training, compare the student with its teacher (:func:`agreement_report`, :func:`format_report`).
-
-Every loader returns a :class:`datasets.Dataset` with the columns ``sentence1`` and ``sentence2`` (str) and, when the
-source has a label column, ``label``. **A row without a gold label has label None** (an Arrow null): st_dse's
-``pack_dse_labels`` turns None into NaN gold, which ``DSELoss`` leaves out of the gold loss, so such rows are trained
-on the teacher's logits alone. An empty cell, ``-`` (SNLI's "no consensus"), null and NaN all count as missing.
-
-The ``label`` column holds integers (class ids) when every label is a whole number, floats (graded scores)
-otherwise, and strings when any label is a name (e.g. ``entailment``); :func:`encode_labels` maps names to the
-teacher's class ids and checks every label against the task.
-
-Column names: ``sentence1``/``sentence2``/``label`` by default; common other names are recognised (see
-:data:`PAIR_COLUMN_ALIASES` and :data:`LABEL_COLUMN_CANDIDATES`), and explicit column names always win.
+Every reader returns a :class:`datasets.Dataset` with ``sentence1`` and ``sentence2`` (str) and, when the source has
+a label column, ``label``. A row without a gold label has label None (an empty cell, ``-``, null and NaN all count as
+missing); ``pack_dse_labels`` turns it into NaN gold, which ``DSELoss`` leaves out, so the row is trained on the
+teacher alone. Labels are integers when all are whole numbers, floats otherwise, and strings when any is a class name
+(:func:`encode_labels` maps names to the teacher's ids). Columns: ``sentence1``/``sentence2``/``label``, else the
+first recognised names (:data:`PAIR_COLUMN_ALIASES`, :data:`LABEL_COLUMN_CANDIDATES`); explicit names always win.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +21,8 @@ from typing import Any
 import datasets
 import numpy as np
 
-from st_dse.data.tasks import TaskSpec
+from st_dse.checks import one_of
+from st_dse.data.tasks import PROBLEM_TYPES, TaskSpec, custom_task
 
 logger = logging.getLogger(__name__)
 
@@ -46,24 +38,16 @@ PAIR_COLUMN_ALIASES: tuple[tuple[str, str], ...] = (
 )
 #: Recognised label column names, tried in this order.
 LABEL_COLUMN_CANDIDATES: tuple[str, ...] = ("label", "labels", "score", "is_duplicate", "gold_label")
-#: File formats by extension (lower case).
-PAIR_FILE_FORMATS: dict[str, str] = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".jsonl": "jsonl",
-    ".json": "json",
-    ".parquet": "parquet",
-}
+#: File formats by extension, and the datasets builder that reads each.
+PAIR_FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 EXPECTED_FORMATS = (
     "expected a .csv or .tsv file with a header row, a .jsonl/.json file of JSON objects (one per line), "
     "or a .parquet file"
 )
 HUB_UNREACHABLE_MESSAGE = "the Hugging Face Hub is unreachable: pass --data-dir DIR or --train-file FILE"
-PROBLEM_TYPES = ("binary", "multiclass", "regression")
-
 DEFAULT_PAIR_COLUMNS = ("sentence1", "sentence2")
 _OPTIONS = ("--sentence1-column", "--sentence2-column", "--label-column")
-_MISSING_LABEL_STRINGS = frozenset({"", "-"})
+_GENERIC_LABEL_NAME = re.compile(r"label_?\d+", re.IGNORECASE)
 
 
 class HubUnreachableError(ConnectionError):
@@ -73,8 +57,18 @@ class HubUnreachableError(ConnectionError):
         super().__init__(message)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Column mapping
+def network_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "the Hub cannot be reached" (offline mode, DNS failure, refused connection, timeout)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError, LocalEntryNotFoundError]
+    for module_name in ("httpx", "requests.exceptions"):
+        try:
+            module = __import__(module_name, fromlist=["_"])
+        except ImportError:
+            continue
+        errors.extend(getattr(module, name) for name in ("TransportError", "ConnectionError") if hasattr(module, name))
+    return tuple(errors)
 
 
 def resolve_pair_columns(
@@ -83,24 +77,28 @@ def resolve_pair_columns(
     sentence2_column: str | None = None,
     label_column: str | None = None,
 ) -> tuple[str, str, str | None, str | None]:
-    """Decide which columns hold the two sentences and the label.
-
-    Explicit names win. Otherwise ``sentence1``/``sentence2`` are used, else the first pair of
-    :data:`PAIR_COLUMN_ALIASES` that the data has (e.g. ``premise``/``hypothesis``), and the label is the first of
-    :data:`LABEL_COLUMN_CANDIDATES` present (None when there is none: the data is unlabelled).
+    """The columns holding the two sentences and the label: explicit names, else the recognised ones.
 
     Returns:
-        ``(sentence1, sentence2, label_or_None, note)``. ``note`` says which recognised names were used instead of
-        the defaults (None when none were); it has already been logged once at INFO level.
+        ``(sentence1, sentence2, label_or_None, note)``; ``note`` (logged once at INFO) says which recognised names
+        were used instead of the defaults, None when none were.
 
     Raises:
         ValueError: a column cannot be found; the message lists the columns found and the option to pass.
     """
-    names = list(column_names)
+    names, given = list(column_names), (sentence1_column, sentence2_column, label_column)
     first = sentence1_column or _pick_side(names, 0, taken=sentence2_column)
     second = sentence2_column or _pick_side(names, 1, taken=first)
     label = label_column or next((c for c in LABEL_COLUMN_CANDIDATES if c in names and c not in (first, second)), None)
-    problems = _column_problems(names, (first, second, label), (sentence1_column, sentence2_column, label_column))
+    problems = []
+    for role, column, explicit, option in zip(
+        ("first sentence", "second sentence", "label"), (first, second, label), given, _OPTIONS
+    ):
+        if explicit is not None and explicit not in names:
+            problems.append(f"there is no column {explicit!r} (given with {option})")
+        elif column is None and role != "label":
+            looked_for = [pair[role == "second sentence"] for pair in (DEFAULT_PAIR_COLUMNS, *PAIR_COLUMN_ALIASES)]
+            problems.append(f"no {role} column (looked for {', '.join(looked_for)}; pass {option} NAME)")
     if problems:
         raise ValueError(
             f"{'; '.join(problems)}. Columns found: {', '.join(map(repr, names)) or 'none'}. "
@@ -108,7 +106,14 @@ def resolve_pair_columns(
         )
     if first == second:
         raise ValueError(f"The two sentence columns must differ, got {first!r} twice.")
-    note = _mapping_note((first, second, label), (sentence1_column, sentence2_column, label_column))
+    defaults = (*DEFAULT_PAIR_COLUMNS, "label")
+    mapped = [
+        f"{column!r} as {default}"
+        for column, explicit, default in zip((first, second, label), given, defaults)
+        if column is not None and explicit is None and column != default
+    ]
+    note = f"Using the recognised column(s) {', '.join(mapped)} (pass {', '.join(_OPTIONS)} to choose others)."
+    note = note if mapped else None
     if note:
         logger.info(note)
     return first, second, label, note
@@ -119,38 +124,8 @@ def _pick_side(names: list[str], side: int, taken: str | None) -> str | None:
     for pair in candidates:  # a pair the data has in full
         if pair[0] in names and pair[1] in names and pair[side] != taken:
             return pair[side]
-    for pair in candidates:  # else this side alone (the other side was named explicitly, or is missing)
-        if pair[side] in names and pair[side] != taken:
-            return pair[side]
-    return None
-
-
-def _column_problems(names: list[str], chosen: Sequence[str | None], given: Sequence[str | None]) -> list[str]:
-    problems = []
-    for role, column, explicit, option in zip(("first sentence", "second sentence", "label"), chosen, given, _OPTIONS):
-        if explicit is not None and explicit not in names:
-            problems.append(f"there is no column {explicit!r} (given with {option})")
-        elif column is None and role != "label":
-            side = 0 if role == "first sentence" else 1
-            looked_for = [pair[side] for pair in (DEFAULT_PAIR_COLUMNS, *PAIR_COLUMN_ALIASES)]
-            problems.append(f"no {role} column (looked for {', '.join(looked_for)}; pass {option} NAME)")
-    return problems
-
-
-def _mapping_note(chosen: Sequence[str | None], given: Sequence[str | None]) -> str | None:
-    defaults = (*DEFAULT_PAIR_COLUMNS, "label")
-    mapped = [
-        f"{column!r} as {default}"
-        for column, explicit, default in zip(chosen, given, defaults)
-        if column is not None and explicit is None and column != default
-    ]
-    if not mapped:
-        return None
-    return f"Using the recognised column(s) {', '.join(mapped)} (pass {', '.join(_OPTIONS)} to choose others)."
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading files
+    # else this side alone (the other side was named explicitly, or is missing)
+    return next((pair[side] for pair in candidates if pair[side] in names and pair[side] != taken), None)
 
 
 def read_pair_file(
@@ -159,15 +134,11 @@ def read_pair_file(
     sentence2_column: str | None = None,
     label_column: str | None = None,
 ) -> datasets.Dataset:
-    """Read sentence pairs from a ``.csv``, ``.tsv``, ``.jsonl`` / ``.json`` (JSON lines) or ``.parquet`` file.
+    """Read sentence pairs from a ``.csv``, ``.tsv``, ``.jsonl`` / ``.json`` or ``.parquet`` file, with datasets.
 
-    CSV files use standard quoting; TSV files are split on tabs only (quotes are part of the text, as in GLUE). Both
-    need a header row and are read as UTF-8. A ``.json`` file may also hold one JSON array of objects. Columns are
+    CSV uses standard quoting; TSV is split on tabs only (quotes are text, as in GLUE); both need a header row and
+    UTF-8, and every cell is read as text. A ``.json`` file may hold JSON lines or one array of objects. Columns are
     chosen by :func:`resolve_pair_columns`; other columns are dropped.
-
-    Returns:
-        A Dataset with ``sentence1``, ``sentence2`` and, when the file has a label column, ``label`` (None where a
-        row has no label; see the module docstring for the label types).
 
     Raises:
         FileNotFoundError: there is no file at ``path``.
@@ -175,94 +146,72 @@ def read_pair_file(
             (the message names the file, the data row, counted from 1 after any header, and the column).
     """
     path = Path(path)
-    file_format = PAIR_FILE_FORMATS.get(path.suffix.lower())
-    if file_format is None:
+    builder = PAIR_FILE_FORMATS.get(path.suffix.lower())
+    if builder is None:
         raise ValueError(f"{path}: unknown file type {path.suffix or '(no extension)'!r}; {EXPECTED_FORMATS}.")
     if not path.is_file():
         raise FileNotFoundError(f"No pair file at {path}.")
-    table = _read_table(path, file_format)
-    if not table or not len(next(iter(table.values()))):
-        raise ValueError(f"{path}: the file has no data rows.")
-    columns = resolve_pair_columns(list(table), sentence1_column, sentence2_column, label_column)
-    return pairs_dataset(str(path), table, *columns[:3])
-
-
-def _read_table(path: Path, file_format: str) -> dict[str, list]:
-    readers = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_json, "json": _read_json}
-    readers["parquet"] = _read_parquet
+    file_format = path.suffix.lower()[1:]
     try:
-        return readers[file_format](path, file_format)
-    except _PairFileError:
-        raise
+        options = _csv_options(path, file_format) if builder == "csv" else {}
+        table = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text ({error}); re-save it as UTF-8. {EXPECTED_FORMATS}.") from None
-    except Exception as error:  # a garbled file: csv.Error, pyarrow errors, ...
+    except Exception as error:  # noqa: BLE001 - pandas' and pyarrow's parse errors have many types
+        if isinstance(error, ValueError) and str(path) in str(error):
+            raise
+        cause = error.__cause__ or error  # datasets wraps the parser's error
         raise ValueError(
-            f"{path}: cannot be read as {file_format} ({type(error).__name__}: {error}); {EXPECTED_FORMATS}."
+            f"{path}: cannot be read as {file_format} ({type(cause).__name__}: {cause}); {EXPECTED_FORMATS}."
         ) from None
+    if not len(table):
+        raise ValueError(f"{path}: the file has no data rows.")
+    try:
+        columns = resolve_pair_columns(table.column_names, sentence1_column, sentence2_column, label_column)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return pairs_dataset(str(path), table.to_dict(), *columns[:3])
 
 
-class _PairFileError(ValueError):
-    """A malformed file, with a message that already names the file and the line."""
-
-
-def _read_delimited(path: Path, file_format: str) -> dict[str, list]:
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # long documents are fine
-    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if file_format == "tsv" else {}
+def _csv_options(path: Path, file_format: str) -> dict[str, Any]:
+    # The header fixes every column to text, so "007" and "NA" stay what they are.
+    dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if file_format == "tsv" else {}
     with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, strict=True, **options)
-        header = next(reader, None)
+        header = next(csv.reader(handle, **dialect), None)
         if header is None:
-            raise _PairFileError(f"{path}: the file is empty; {EXPECTED_FORMATS}.")
-        header = [name.strip() for name in header]
-        table: dict[str, list] = {name: [] for name in header}
-        for row in reader:
-            if not row:
-                continue  # a blank line
-            if len(row) != len(header):
-                raise _PairFileError(
-                    f"{path}, line {reader.line_num}: {len(row)} {file_format.upper()} fields, but the header has "
-                    f"{len(header)} ({', '.join(header)})."
-                )
-            for name, value in zip(header, row):
-                table[name].append(value)
-    return table
-
-
-def _read_json(path: Path, file_format: str) -> dict[str, list]:
-    text = path.read_text(encoding="utf-8-sig")
-    if file_format == "json" and text.lstrip().startswith("["):  # one JSON array of objects
-        records = [(f"item {index + 1}", record) for index, record in enumerate(json.loads(text))]
-    else:
-        records = []
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append((f"line {line_number}", json.loads(line)))
-                except json.JSONDecodeError as error:
-                    raise _PairFileError(f"{path}, line {line_number}: not valid JSON ({error.msg}).") from None
-    columns = list(dict.fromkeys(key for _, record in records if isinstance(record, dict) for key in record))
-    table: dict[str, list] = {name: [] for name in columns}
-    for where, record in records:
-        if not isinstance(record, dict):
-            raise _PairFileError(f"{path}, {where}: expected a JSON object, got {type(record).__name__}.")
-        for name in columns:
-            table[name].append(record.get(name))
-    return table
-
-
-def _read_parquet(path: Path, file_format: str) -> dict[str, list]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pydict()
+            raise ValueError(f"{path}: the file is empty; {EXPECTED_FORMATS}.")
+        if not any(line.strip() for line in handle):
+            raise ValueError(f"{path}: the file has no data rows.")
+    names = [name.strip() for name in header]
+    options = {"sep": dialect.get("delimiter", ","), "quoting": dialect.get("quoting", csv.QUOTE_MINIMAL)}
+    features = datasets.Features({name: datasets.Value("string") for name in names})
+    return {
+        **options,
+        "column_names": names,
+        "skiprows": 1,
+        "features": features,
+        "na_filter": False,
+        "encoding": "utf-8-sig",
+    }
 
 
 def pairs_dataset(
     source: str, table: Mapping[str, Sequence], first: str, second: str, label: str | None
 ) -> datasets.Dataset:
+    """The columns ``first``/``second`` (and ``label``) of ``table`` as ``sentence1``/``sentence2``/``label``."""
     columns = {"sentence1": list(table[first]), "sentence2": list(table[second])}
     for name, original in (("sentence1", first), ("sentence2", second)):
-        _check_sentences(source, columns[name], original)
+        for row, sentence in enumerate(columns[name], start=1):
+            if not isinstance(sentence, str) or not sentence.strip():
+                what = (
+                    "empty"
+                    if isinstance(sentence, str) or sentence is None
+                    else f"{type(sentence).__name__}, not text"
+                )
+                raise ValueError(
+                    f"{source}: data row {row}, column {original!r}: the sentence is {what} ({sentence!r}). "
+                    "Drop or fill that row."
+                )
     features = {"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string")}
     if label is not None:
         columns["label"], dtype = _parse_labels(source, table[label], label)
@@ -270,34 +219,18 @@ def pairs_dataset(
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
 
-def _check_sentences(source: str, sentences: Sequence, column: str) -> None:
-    for row, sentence in enumerate(sentences, start=1):
-        if not isinstance(sentence, str) or not sentence.strip():
-            what = "empty" if isinstance(sentence, str) or sentence is None else f"{type(sentence).__name__}, not text"
-            raise ValueError(
-                f"{source}: data row {row}, column {column!r}: the sentence is {what} ({sentence!r}). "
-                "Drop or fill that row."
-            )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Labels
-
-
 def parse_label(value: Any) -> int | float | str | None:
     """One raw label as None (missing), an int, a float or a stripped string (a class name)."""
     if value is None:
         return None
-    if isinstance(value, (bool, np.bool_)):
-        return int(value)
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, (bool, np.bool_, int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
         return None if math.isnan(value) else float(value)
     if not isinstance(value, str):
         raise TypeError(f"a {type(value).__name__}, expected a number or a class name")
     text = value.strip()
-    if text in _MISSING_LABEL_STRINGS:
+    if text in ("", "-"):  # "-": SNLI's "no consensus"
         return None
     for number_type in (int, float):
         try:
@@ -320,22 +253,18 @@ def _parse_labels(source: str, raw_labels: Sequence, column: str) -> tuple[list,
         labels.append(value)
     present = [value for value in labels if value is not None]
     if any(isinstance(value, str) for value in present):
-        return [None if value is None else _label_text(value) for value in labels], "string"
+        as_text = [v if v is None else str(int(v) if isinstance(v, float) and v.is_integer() else v) for v in labels]
+        return as_text, "string"
     if present and all(float(value).is_integer() for value in present):
         return [None if value is None else int(value) for value in labels], "int64"
     return [None if value is None else float(value) for value in labels], "float64"
 
 
-def _label_text(value: int | float | str) -> str:
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-
-
 def encode_labels(dataset: datasets.Dataset, task: TaskSpec, label_column: str = "label") -> datasets.Dataset:
     """Check every gold label against ``task`` and store it as the task needs it; None (no gold) stays None.
 
-    Classification: class names become ids through ``task.label_names`` (case-insensitive); numbers must be class ids
-    (0 or 1 for a binary task, 0 to k-1 for a k-way task) and are stored as int64. Regression: numbers, stored as
-    float64. A dataset without ``label_column`` is returned unchanged.
+    Class names become ids through ``task.label_names`` (case-insensitive); numbers must be class ids (int64);
+    regression labels must be numbers (float64). A dataset without ``label_column`` is returned unchanged.
 
     Raises:
         ValueError: an unknown class name or an out-of-range label; the message names the (1-based) row.
@@ -344,24 +273,23 @@ def encode_labels(dataset: datasets.Dataset, task: TaskSpec, label_column: str =
         return dataset
     encoded = [_encode_label(value, task, row) for row, value in enumerate(dataset[label_column], start=1)]
     dtype = "float64" if task.is_regression else "int64"
-    dataset = dataset.remove_columns(label_column)
-    return dataset.add_column(label_column, encoded, feature=datasets.Value(dtype))
+    return dataset.remove_columns(label_column).add_column(label_column, encoded, feature=datasets.Value(dtype))
 
 
 def _encode_label(raw: Any, task: TaskSpec, row: int) -> int | float | None:
     value = parse_label(raw)
     if value is None:
         return None
-    if task.is_regression:
-        if isinstance(value, str):
-            raise ValueError(f"Row {row}: the label {value!r} is not a number; task {task.name!r} is a regression.")
-        return float(value)
+    names = [name.lower() for name in task.label_names]
+    if isinstance(value, str) and task.is_regression:
+        raise ValueError(f"Row {row}: the label {value!r} is not a number; task {task.name!r} is a regression.")
     if isinstance(value, str):
-        names = [name.lower() for name in task.label_names]
         if value.lower() not in names:
             known = f"one of {', '.join(task.label_names)}" if names else "a class id (the teacher has no label names)"
             raise ValueError(f"Row {row}: unknown label {value!r}; expected {known}.")
         return names.index(value.lower())
+    if task.is_regression:
+        return float(value)
     num_classes = 2 if task.problem_type == "binary" else task.num_labels
     if not float(value).is_integer() or not 0 <= value < num_classes:
         raise ValueError(
@@ -371,19 +299,78 @@ def _encode_label(raw: Any, task: TaskSpec, row: int) -> int | float | None:
     return int(value)
 
 
-def network_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean "the Hub cannot be reached" (offline mode, DNS failure, refused connection, timeout)."""
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    try:
-        from huggingface_hub.errors import LocalEntryNotFoundError
+def task_from_teacher(
+    cross_encoder: Any, labels: Sequence | None = None, problem_type: str | None = None, name: str = "custom"
+) -> TaskSpec:
+    """The pair task ``cross_encoder`` was trained for, from its number of logits (``config.num_labels``).
 
-        errors.append(LocalEntryNotFoundError)
-    except ImportError:
-        pass
-    for module_name in ("httpx", "httpx2", "requests.exceptions"):
+    * 1 logit: ``binary`` (class 1 when the logit is > 0), unless the gold ``labels`` are graded (a value other than
+      0 and 1), the config says ``problem_type="regression"`` or ``problem_type="regression"`` is passed.
+    * 2 logits: ``binary`` with one output (``label_with_teacher`` reduces them to ``l1 - l0``);
+      ``problem_type="multiclass"`` keeps both.
+    * k >= 3 logits: ``multiclass`` with k outputs.
+
+    Label names come from the config's ``id2label`` (generic names such as ``LABEL_0`` count as none).
+
+    Raises:
+        ValueError: an unknown ``problem_type``, or one the teacher's number of logits cannot give.
+    """
+    config = cross_encoder.config
+    num_logits = int(config.num_labels)
+    if problem_type is not None:
+        one_of("problem_type", problem_type, PROBLEM_TYPES)
+        allowed = {"regression": num_logits == 1, "binary": num_logits in (1, 2), "multiclass": num_logits >= 2}
+        if not allowed[problem_type]:
+            raise ValueError(f"A teacher with {num_logits} logit(s) cannot be used for a {problem_type} task.")
+        kind = problem_type
+    elif num_logits == 1:
+        kind = "regression" if getattr(config, "problem_type", None) == "regression" or _graded(labels) else "binary"
+    else:
+        kind = "binary" if num_logits == 2 else "multiclass"
+    if num_logits == 2 and kind == "multiclass":
+        logger.warning(
+            "A 2-way multiclass task keeps both teacher logits; label_with_teacher reduces a 2-logit teacher to one."
+        )
+    id2label = getattr(config, "id2label", None) or {}
+    names = [id2label.get(index, id2label.get(str(index))) for index in range(num_logits)]
+    if kind == "regression" or any(not isinstance(n, str) or _GENERIC_LABEL_NAME.fullmatch(n) for n in names):
+        names = []
+    teacher = getattr(config, "name_or_path", "") or "a CrossEncoder"
+    return custom_task(kind, num_logits, names, f"your own pairs, {kind}, labelled by the teacher {teacher}", name)
+
+
+def _graded(labels: Sequence | None) -> bool:
+    """True when a numeric label is neither 0 nor 1 (names and missing labels are ignored)."""
+    for raw in labels if labels is not None else ():
         try:
-            module = __import__(module_name, fromlist=["_"])
-        except ImportError:
+            value = parse_label(raw)
+        except TypeError:
             continue
-        errors.extend(getattr(module, name) for name in ("TransportError", "ConnectionError") if hasattr(module, name))
-    return tuple(errors)
+        if isinstance(value, (int, float)) and value not in (0, 1):
+            return True
+    return False
+
+
+def task_from_labels(labels: Sequence, problem_type: str | None = None, name: str = "custom") -> TaskSpec:
+    """The task of your own gold labels when there is no teacher yet (to fine-tune one on them).
+
+    Whole numbers 0/1 give a binary task, 0 to k-1 (k >= 3) a k-way task, fractions a regression; ``problem_type``
+    overrides (integer scores such as 0-5 need ``"regression"``). Class names need a teacher to order them.
+    """
+    present = [value for value in map(parse_label, labels) if value is not None]
+    if not present:
+        raise ValueError(
+            "The training pairs have no gold labels and no teacher was given: pass --teacher (a fine-tuned "
+            "CrossEncoder) to distil unlabelled pairs, or add a label column to fine-tune a teacher first."
+        )
+    if any(isinstance(value, str) for value in present):
+        raise ValueError(
+            "The gold labels are class names, but without --teacher there is no class order to map them to: "
+            "pass --teacher, or write the labels as class ids 0..k-1."
+        )
+    kind = problem_type
+    if kind is None:
+        whole = all(float(value).is_integer() and value >= 0 for value in present)
+        kind = "regression" if not whole else ("binary" if max(present) <= 1 else "multiclass")
+    num_labels = int(max(present)) + 1 if kind == "multiclass" else 1
+    return custom_task(kind, num_labels, (), f"your own pairs, {kind}", name)

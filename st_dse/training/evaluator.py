@@ -13,7 +13,7 @@ import numpy as np
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
-from st_dse.data.tasks import TaskSpec, compute_metrics, logits_to_predictions, require_task_spec
+from st_dse.data.tasks import TaskSpec, compute_metrics, logits_to_predictions
 from st_dse.inference.scoring import score_pairs
 from st_dse.teacher import raw_logits
 
@@ -47,7 +47,7 @@ class PairTaskEvaluator(BaseEvaluator):
 
     def __init__(self, task: TaskSpec, dataset: datasets.Dataset, name: str = "dev", batch_size: int = 64):
         super().__init__()
-        self.task = require_task_spec(task)
+        self.task = task
         self.dataset = dataset
         self.name = name
         self.batch_size = batch_size

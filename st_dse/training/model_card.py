@@ -114,7 +114,7 @@ def _dev_data_name(task: TaskSpec, settings: Mapping[str, Any]) -> str:
         return Path(settings["dev_file"]).name
     if settings.get("dataset"):
         return f"{settings['dataset']} {settings.get('dev_split') or 'dev'}"
-    return f"{task.name} {task.dev_split}"
+    return f"{task.name} {task.benchmark.dev_split}"
 
 
 def describe_training(

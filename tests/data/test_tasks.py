@@ -12,12 +12,12 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from st_dse.data import (
     TASKS,
+    benchmarks,
     compute_metrics,
     get_task,
     load_task,
     logits_to_predictions,
     standardize_hub_dataset,
-    tasks,
 )
 from tests.conftest import REPO_ROOT
 
@@ -37,7 +37,7 @@ def write_tsv(path: Path, lines: list[str], encoding: str = "utf-8", newline: st
 @pytest.fixture(autouse=True)
 def no_data_dir_env(monkeypatch):
     # Tests decide the data folder themselves; a user's ST_DSE_DATA_DIR must not change what they load.
-    monkeypatch.delenv(tasks.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(benchmarks.DATA_DIR_ENV, raising=False)
 
 
 # ---------------------------------------------------------------- registry
@@ -47,7 +47,7 @@ def test_registry_holds_the_requested_tasks_with_consistent_specs():
     assert {"mrpc", "qqp", "qqp-subset", "stsb", "mnli", "qnli", "rte", "sick-e", "sick-r"} <= set(TASKS)
     for spec in TASKS.values():
         assert spec.main_metric in spec.metrics
-        assert set(spec.hub_splits) <= set(spec.splits) == set(spec.local_files)
+        assert set(spec.benchmark.hub_splits) <= set(spec.benchmark.splits) == set(spec.benchmark.local_files)
         if spec.problem_type == "regression":
             assert spec.num_labels == 1 and spec.label_names == () and spec.metrics == ("pearson", "spearman")
         elif spec.problem_type == "binary":
@@ -59,12 +59,12 @@ def test_registry_holds_the_requested_tasks_with_consistent_specs():
 def test_official_metrics_and_splits():
     assert get_task("mrpc").metrics == get_task("qqp").metrics == ("accuracy", "f1")
     assert get_task("stsb").main_metric == get_task("sick-r").main_metric == "spearman"
-    assert get_task("mnli").splits == ("train", "validation_matched", "validation_mismatched")
+    assert get_task("mnli").benchmark.splits == ("train", "validation_matched", "validation_mismatched")
     assert get_task("sick-e").label_names == ("entailment", "neutral", "contradiction")
-    assert get_task("sick-r").problem_type == "regression" and "test" in get_task("stsb").splits
+    assert get_task("sick-r").problem_type == "regression" and "test" in get_task("stsb").benchmark.splits
     # The subset must never pass for GLUE dev.
     assert "not glue dev" in get_task("qqp-subset").description.lower()
-    assert get_task("qqp-subset").hub_dataset is None
+    assert get_task("qqp-subset").benchmark.hub_dataset is None
 
 
 @pytest.mark.parametrize(
@@ -211,7 +211,7 @@ def test_latin1_file_is_read_with_a_warning(tmp_path, caplog):
         ["index\tsentence1\tsentence2\tlabel", "0\tLe café est chaud.\tIl fait froid à Zürich.\tnot_entailment"],
         encoding="latin-1",
     )
-    with caplog.at_level(logging.WARNING, logger="st_dse.data.readers"):
+    with caplog.at_level(logging.WARNING, logger="st_dse.data.benchmarks"):
         dataset = load_task(get_task("rte"), "train", tmp_path)
     assert dataset["sentence1"] == ["Le café est chaud."]
     assert dataset["sentence2"] == ["Il fait froid à Zürich."]
