@@ -57,13 +57,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from st_dse.data.benchmarks import DATA_DIR_ENV, resolve_data_dir
+
 if TYPE_CHECKING:
     from datasets import Dataset
     from mteb.abstasks.abstask import AbsTask
 
 logger = logging.getLogger(__name__)
 
-DATA_DIR_ENV = "ST_DSE_DATA_DIR"
 
 # SemEval STS test sources per year, in SentEval's order. STS13's SMT pairs are not distributed (licence), and MTEB's
 # STS13 (1,500 pairs) leaves them out as well.
@@ -415,17 +416,14 @@ def attach_local_data(
     return notes
 
 
-def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """``data_dir`` as a Path, else ``$ST_DSE_DATA_DIR``; raise when neither is given or the folder does not exist."""
-    chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
-    if not chosen:
+def require_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The data root (``data_dir``, else ``$ST_DSE_DATA_DIR``); an error when neither names an existing folder."""
+    path = resolve_data_dir(data_dir)
+    if path is None:
         raise ValueError(f"No data folder given: pass data_dir or set {DATA_DIR_ENV} to the shared data root.")
-    path = Path(chosen).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"Data folder {path} does not exist. Pass the shared data root (it holds MANIFEST.md)."
-        )
-    return path
+    if not path.expanduser().is_dir():
+        raise FileNotFoundError(f"Data folder {path} does not exist: pass the shared data root (holding MANIFEST.md).")
+    return path.expanduser()
 
 
 def load_local_task(task_name: str, data_dir: str | os.PathLike[str] | None = None) -> tuple[AbsTask, list[str]]:
@@ -446,7 +444,7 @@ def load_local_task(task_name: str, data_dir: str | os.PathLike[str] | None = No
         raise KeyError(
             f"No local data source for MTEB task {task_name!r}. Tasks with local data: {sorted(LOCAL_SOURCES)}."
         )
-    root = resolve_data_dir(data_dir)
+    root = require_data_dir(data_dir)
     task = mteb.get_task(task_name)
     if list(task.eval_splits) != ["test"]:
         raise LocalDataMismatchError(f"{task_name} evaluates on {list(task.eval_splits)}; only 'test' is built here.")

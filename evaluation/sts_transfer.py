@@ -29,7 +29,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from evaluation.arguments import task_name
-from evaluation.mteb_data import SEMEVAL_STS_SOURCES, load_semeval_sts, resolve_data_dir
+from evaluation.mteb_data import SEMEVAL_STS_SOURCES, load_semeval_sts, require_data_dir
 from st_dse.data import get_task, load_task
 from st_dse.data.pair_files import read_pair_file
 from st_dse.hub import resolve_model_name
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     train1, train2, train_name = training_pairs(args)
     keys = pair_keys(train1, train2)
-    data_dir = resolve_data_dir(args.data_dir)
+    data_dir = require_data_dir(args.data_dir)
     tasks = {}
     for name in args.tasks:
         columns = load_semeval_sts(

@@ -78,58 +78,52 @@ def augment_pairs(
     firsts, seconds = list(dataset[sentence1_column]), list(dataset[sentence2_column])
     check_pairs(firsts, seconds)
 
-    size = len(firsts)
-    target = round(factor * size)
-    rng = np.random.default_rng(seed)
-    existing = set(zip(firsts, seconds))
-    seen: set[tuple[str, str]] = set()
+    target = round(factor * len(firsts))
+    rows = _augment(firsts, seconds, target, strategies, model, np.random.default_rng(seed), batch_size)
+    counts = {s: rows["augmentation"].count(s) for s in strategies}
+    made = len(rows["sentence1"])
+    logger.info("Augmentation: %d new pairs from %d (%s)", made, len(firsts), counts)
+    if made < target:
+        message = (
+            "Augmentation made %d of the %d pairs asked for: the dataset has too few distinct sentences for more."
+        )
+        logger.warning(message, made, target)
+    return datasets.Dataset.from_dict(rows)
+
+
+def _augment(firsts, seconds, target, strategies, model, rng, batch_size) -> dict[str, list[str]]:
+    size, existing, seen = len(firsts), set(zip(firsts, seconds)), set()
     rows: dict[str, list[str]] = {"sentence1": [], "sentence2": [], "augmentation": []}
 
-    def add(first: str, second: str, strategy: str, either_order: bool) -> bool:
+    def add(first: str, second: str, strategy: str) -> bool:
+        # New pairs only: never a gold pair (in either order, except for swaps, which are that order reversed).
         pair = (first, second)
-        if first == second or pair in existing or pair in seen:
-            return False
-        if either_order and (second, first) in existing:
+        if first == second or pair in existing or pair in seen or (strategy != "swap" and pair[::-1] in existing):
             return False
         seen.add(pair)
-        rows["sentence1"].append(first)
-        rows["sentence2"].append(second)
-        rows["augmentation"].append(strategy)
+        for column, value in zip(rows, (first, second, strategy)):
+            rows[column].append(value)
         return True
 
     # Share the target between strategies; swap cannot give more than one pair per original pair.
     others = [s for s in strategies if s != "swap"]
-    quotas: dict[str, int] = {}
-    if "swap" in strategies:
-        quotas["swap"] = min(size, round(target / len(strategies)) if others else target)
+    quotas = {"swap": min(size, round(target / len(strategies)) if others else target)} if "swap" in strategies else {}
     left = target - quotas.get("swap", 0)
-    for k, strategy in enumerate(others):
-        quotas[strategy] = left // len(others) + (1 if k < left % len(others) else 0)
-
-    if quotas.get("swap"):
-        for row in rng.permutation(size)[: quotas["swap"]]:
-            add(seconds[row], firsts[row], "swap", either_order=False)
-    if quotas.get("shuffle"):
-        made, attempts = 0, 0
-        while made < quotas["shuffle"] and attempts < 20 * quotas["shuffle"] + 100:
-            i, j = rng.integers(size, size=2)
-            attempts += 1
-            made += add(firsts[i], seconds[j], "shuffle", either_order=True) if i != j else 0
+    quotas.update({s: left // len(others) + (k < left % len(others)) for k, s in enumerate(others)})
+    for row in rng.permutation(size)[: quotas["swap"]] if quotas.get("swap") else ():
+        add(seconds[row], firsts[row], "swap")
+    made, attempts = 0, 0
+    while made < quotas.get("shuffle", 0) and attempts < 20 * quotas["shuffle"] + 100:
+        i, j = rng.integers(size, size=2)
+        attempts += 1
+        made += add(firsts[i], seconds[j], "shuffle") if i != j else 0
     if quotas.get("neighbours"):
         made = 0
         for first, second in _nearest_pairs(model, firsts, seconds, rng, batch_size):
             if made >= quotas["neighbours"]:
                 break
-            made += add(first, second, "neighbours", either_order=True)
-    counts = {s: rows["augmentation"].count(s) for s in strategies}
-    logger.info("Augmentation: %d new pairs from %d (%s)", len(rows["sentence1"]), size, counts)
-    if len(rows["sentence1"]) < target:
-        logger.warning(
-            "Augmentation made %d of the %d pairs asked for: the dataset has too few distinct sentences for more.",
-            len(rows["sentence1"]),
-            target,
-        )
-    return datasets.Dataset.from_dict(rows)
+            made += add(first, second, "neighbours")
+    return rows
 
 
 def _nearest_pairs(model, firsts, seconds, rng, batch_size):

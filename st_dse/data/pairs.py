@@ -9,8 +9,8 @@ from typing import Any
 
 import datasets
 
-# Half of a UTF-16 surrogate pair on its own: not a character, and not encodable as UTF-8 (tokenizers and the teacher
-# cache both need UTF-8). Such text comes from bytes decoded with errors="surrogateescape" or a broken JSON "\ud83d".
+# Half of a UTF-16 surrogate pair on its own is not a character and cannot be encoded as UTF-8 (which tokenizers and
+# the teacher cache need); it comes from bytes decoded with errors="surrogateescape" or a broken JSON "\ud83d".
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # Characters that show nothing: controls (NUL, ...) and format characters (zero-width space and joiners, BOM, ...).
 _INVISIBLE_CATEGORIES = ("Cc", "Cf")
@@ -19,43 +19,41 @@ _INVISIBLE_CATEGORIES = ("Cc", "Cf")
 def check_pairs(sentences1: Sequence, sentences2: Sequence, what: str = "sentence", first_row: int = 0) -> None:
     """Raise a ValueError naming the first row whose sentence is None, not a string, empty, or not valid Unicode.
 
-    A sentence counts as empty when it holds nothing visible: only whitespace, control characters (NUL, ...) or
-    zero-width and other format characters. ``first_row`` is the row number of the first pair, for checks made
-    batch by batch.
+    A sentence is empty when nothing in it is visible (only whitespace, control or zero-width characters).
+    ``first_row`` is the row number of the first pair, for checks made batch by batch.
     """
+    problem = None
     if len(sentences1) != len(sentences2):
-        raise ValueError(
-            f"The two {what} lists must have the same length, got {len(sentences1)} and {len(sentences2)}."
-        )
+        problem = f"The two {what} lists must have the same length, got {len(sentences1)} and {len(sentences2)}."
     for side, sentences in (("first", sentences1), ("second", sentences2)):
         for offset, sentence in enumerate(sentences):
-            row = first_row + offset
-            if not isinstance(sentence, str):
-                raise ValueError(
-                    f"Row {row}: the {side} {what} is {type(sentence).__name__} ({sentence!r}), expected a string. "
-                    "Drop or fill missing text before scoring."
-                )
-            if not _has_visible_character(sentence):
-                shown = (
-                    f" (it holds only whitespace, control or zero-width characters: {sentence!r})" if sentence else ""
-                )
-                raise ValueError(
-                    f"Row {row}: the {side} {what} is empty{shown}. Drop or fill empty text before scoring."
-                )
-            surrogate = _LONE_SURROGATE.search(sentence)
-            if surrogate is not None:
-                raise ValueError(
-                    f"Row {row}: the {side} {what} holds a lone surrogate {surrogate.group()!r} at character "
-                    f"{surrogate.start()} ({sentence[max(0, surrogate.start() - 20) : surrogate.start() + 20]!r}), "
-                    "which is not valid Unicode text and cannot be encoded as UTF-8. It usually comes from bytes "
-                    "decoded with errors='surrogateescape' or a broken '\\ud8..' escape; fix the text (e.g. "
-                    "text.encode('utf-8', 'replace').decode('utf-8')) or drop the row."
-                )
+            if problem is not None:
+                break
+            problem = _sentence_problem(sentence)
+            if problem is not None:
+                problem = f"Row {first_row + offset}: the {side} {what} {problem}"
+    if problem is not None:
+        raise ValueError(problem)
 
 
-def _has_visible_character(sentence: str) -> bool:
+def _sentence_problem(sentence: Any) -> str | None:
+    if not isinstance(sentence, str):
+        kind = type(sentence).__name__
+        return f"is {kind} ({sentence!r}), expected a string. Drop or fill missing text before scoring."
     # Stops at the first visible character: one step for almost every real sentence.
-    return any(not char.isspace() and unicodedata.category(char) not in _INVISIBLE_CATEGORIES for char in sentence)
+    if not any(not char.isspace() and unicodedata.category(char) not in _INVISIBLE_CATEGORIES for char in sentence):
+        shown = f" (it holds only whitespace, control or zero-width characters: {sentence!r})" if sentence else ""
+        return f"is empty{shown}. Drop or fill empty text before scoring."
+    surrogate = _LONE_SURROGATE.search(sentence)
+    if surrogate is None:
+        return None
+    start = surrogate.start()
+    return (
+        f"holds a lone surrogate {surrogate.group()!r} at character {start} "
+        f"({sentence[max(0, start - 20) : start + 20]!r}), which is not valid Unicode text and cannot be encoded as "
+        "UTF-8. It usually comes from bytes decoded with errors='surrogateescape' or a broken '\\ud8..' escape; fix "
+        "the text (e.g. text.encode('utf-8', 'replace').decode('utf-8')) or drop the row."
+    )
 
 
 def as_dataset(data: Any, function: str) -> datasets.Dataset:
@@ -65,35 +63,30 @@ def as_dataset(data: Any, function: str) -> datasets.Dataset:
     """
     if isinstance(data, datasets.Dataset):
         return data
+    import pandas  # a dependency of datasets
+
     expected = (
         f"{function} takes a datasets.Dataset (or a dict of columns, or a pandas DataFrame) with one row per pair"
     )
     if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        raise ValueError(
-            f"{expected}, got a {type(data).__name__} of splits {list(data)}: pass one split, e.g. "
-            f"dataset[{next(iter(data), 'train')!r}]."
-        )
-    import pandas  # a dependency of datasets
-
-    if isinstance(data, pandas.DataFrame):
+        problem = f", got a {type(data).__name__} of splits {list(data)}: pass one split, e.g. "
+        problem += f"dataset[{next(iter(data), 'train')!r}]."
+    elif isinstance(data, (pandas.DataFrame, Mapping)):
+        frame = isinstance(data, pandas.DataFrame)
         try:
-            return datasets.Dataset.from_pandas(data, preserve_index=False)
-        except Exception as error:  # noqa: BLE001 - pyarrow's errors on mixed-type columns have many types
-            columns = {name: data[name].tolist() for name in data.columns}
-            raise ValueError(
-                f"{expected}; this DataFrame could not be converted: {_explain(error, columns)}"
-            ) from None
-    if isinstance(data, Mapping):
-        try:
-            return datasets.Dataset.from_dict(dict(data))
+            return (
+                datasets.Dataset.from_pandas(data, preserve_index=False)
+                if frame
+                else datasets.Dataset.from_dict(dict(data))
+            )
         except Exception as error:  # noqa: BLE001 - pyarrow's errors on uneven or mixed-type columns have many types
-            raise ValueError(
-                f"{expected}; this dict of columns could not be converted: {_explain(error, data)}"
-            ) from None
-    raise ValueError(
-        f"{expected}, got {type(data).__name__}. Build one with datasets.Dataset.from_dict({{'sentence1': [...], "
-        "'sentence2': [...]})."
-    )
+            columns = {name: data[name].tolist() for name in data.columns} if frame else data
+            what = "DataFrame" if frame else "dict of columns"
+            problem = f"; this {what} could not be converted: {_explain(error, columns)}"
+    else:
+        problem = f", got {type(data).__name__}. Build one with datasets.Dataset.from_dict({{'sentence1': [...], "
+        problem += "'sentence2': [...]})."
+    raise ValueError(expected + problem)
 
 
 def _explain(error: Exception, columns: Mapping[str, Any]) -> str:
