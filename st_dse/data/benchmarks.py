@@ -369,19 +369,16 @@ def _repair(row: list[str], counts: tuple[int, ...]) -> bool:
 
 def _parse_label(raw_label: str, task: TaskSpec, where: str) -> int | float:
     value = raw_label.strip()
+    names = [name.lower() for name in task.label_names]  # SICK writes ENTAILMENT; MRPC and QQP hold the ids
     if task.is_regression:
         try:
-            score = float(value)
+            if math.isfinite(score := float(value)):
+                return score
         except ValueError:
-            score = math.nan
-        if not math.isfinite(score):
-            raise ValueError(f"{where}: score {raw_label!r} is not a number ({task.name}).")
-        return score
-    names = [name.lower() for name in task.label_names]  # SICK writes ENTAILMENT; MRPC and QQP hold the ids
-    if value.lower() in names:
-        return names.index(value.lower())
-    if value.isdigit() and int(value) < len(names):
-        return int(value)
+            pass
+        raise ValueError(f"{where}: score {raw_label!r} is not a number ({task.name}).")
+    if value.lower() in names or (value.isdigit() and int(value) < len(names)):
+        return names.index(value.lower()) if value.lower() in names else int(value)
     raise ValueError(
         f"{where}: label {raw_label!r} is not one of {', '.join(task.label_names)} "
         f"(or their ids 0-{len(names) - 1}) for task {task.name}."

@@ -76,6 +76,7 @@ def resolve_pair_columns(
     sentence1_column: str | None = None,
     sentence2_column: str | None = None,
     label_column: str | None = None,
+    source: str | None = None,
 ) -> tuple[str, str, str | None, str | None]:
     """The columns holding the two sentences and the label: explicit names, else the recognised ones.
 
@@ -84,7 +85,8 @@ def resolve_pair_columns(
         were used instead of the defaults, None when none were.
 
     Raises:
-        ValueError: a column cannot be found; the message lists the columns found and the option to pass.
+        ValueError: a column cannot be found; the message (prefixed by ``source``) lists the columns found and the
+            option to pass.
     """
     names, given = list(column_names), (sentence1_column, sentence2_column, label_column)
     first = sentence1_column or _pick_side(names, 0, taken=sentence2_column)
@@ -99,13 +101,13 @@ def resolve_pair_columns(
         elif column is None and role != "label":
             looked_for = [pair[role == "second sentence"] for pair in (DEFAULT_PAIR_COLUMNS, *PAIR_COLUMN_ALIASES)]
             problems.append(f"no {role} column (looked for {', '.join(looked_for)}; pass {option} NAME)")
+    if first is not None and first == second:
+        problems.append(f"the two sentence columns must differ, got {first!r} twice")
     if problems:
         raise ValueError(
-            f"{'; '.join(problems)}. Columns found: {', '.join(map(repr, names)) or 'none'}. "
-            f"Name the columns with {', '.join(_OPTIONS)}."
+            f"{source + ': ' if source else ''}{'; '.join(problems)}. Columns found: "
+            f"{', '.join(map(repr, names)) or 'none'}. Name the columns with {', '.join(_OPTIONS)}."
         )
-    if first == second:
-        raise ValueError(f"The two sentence columns must differ, got {first!r} twice.")
     defaults = (*DEFAULT_PAIR_COLUMNS, "label")
     mapped = [
         f"{column!r} as {default}"
@@ -154,45 +156,36 @@ def read_pair_file(
     file_format = path.suffix.lower()[1:]
     try:
         options = _csv_options(path, file_format) if builder == "csv" else {}
-        table = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error}); re-save it as UTF-8. {EXPECTED_FORMATS}.") from None
+        table = (
+            None if options is None else datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+        )
     except Exception as error:  # noqa: BLE001 - pandas' and pyarrow's parse errors have many types
-        if isinstance(error, ValueError) and str(path) in str(error):
-            raise
         cause = error.__cause__ or error  # datasets wraps the parser's error
-        raise ValueError(
-            f"{path}: cannot be read as {file_format} ({type(cause).__name__}: {cause}); {EXPECTED_FORMATS}."
-        ) from None
-    if not len(table):
-        raise ValueError(f"{path}: the file has no data rows.")
-    try:
-        columns = resolve_pair_columns(table.column_names, sentence1_column, sentence2_column, label_column)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
+        problem = f"cannot be read as {file_format} ({type(cause).__name__}: {cause})"
+        problem = (
+            f"not UTF-8 text ({cause}); re-save it as UTF-8" if isinstance(cause, UnicodeDecodeError) else problem
+        )
+    else:
+        problem = None if table is not None and len(table) else "the file has no data rows"
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}; {EXPECTED_FORMATS}.")
+    columns = resolve_pair_columns(table.column_names, sentence1_column, sentence2_column, label_column, str(path))
     return pairs_dataset(str(path), table.to_dict(), *columns[:3])
 
 
-def _csv_options(path: Path, file_format: str) -> dict[str, Any]:
-    # The header fixes every column to text, so "007" and "NA" stay what they are.
+def _csv_options(path: Path, file_format: str) -> dict[str, Any] | None:
+    """datasets' csv options for the file, every column read as text ("007" and "NA" stay what they are); None when
+    the file has no data rows."""
     dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if file_format == "tsv" else {}
     with open(path, encoding="utf-8-sig", newline="") as handle:
         header = next(csv.reader(handle, **dialect), None)
-        if header is None:
-            raise ValueError(f"{path}: the file is empty; {EXPECTED_FORMATS}.")
-        if not any(line.strip() for line in handle):
-            raise ValueError(f"{path}: the file has no data rows.")
+        if header is None or not any(line.strip() for line in handle):
+            return None
     names = [name.strip() for name in header]
-    options = {"sep": dialect.get("delimiter", ","), "quoting": dialect.get("quoting", csv.QUOTE_MINIMAL)}
     features = datasets.Features({name: datasets.Value("string") for name in names})
-    return {
-        **options,
-        "column_names": names,
-        "skiprows": 1,
-        "features": features,
-        "na_filter": False,
-        "encoding": "utf-8-sig",
-    }
+    sep, quoting = dialect.get("delimiter", ","), dialect.get("quoting", csv.QUOTE_MINIMAL)
+    return dict(sep=sep, quoting=quoting, column_names=names, skiprows=1, features=features, na_filter=False,
+                encoding="utf-8-sig")  # fmt: skip
 
 
 def pairs_dataset(
@@ -278,25 +271,25 @@ def encode_labels(dataset: datasets.Dataset, task: TaskSpec, label_column: str =
 
 def _encode_label(raw: Any, task: TaskSpec, row: int) -> int | float | None:
     value = parse_label(raw)
-    if value is None:
-        return None
     names = [name.lower() for name in task.label_names]
-    if isinstance(value, str) and task.is_regression:
-        raise ValueError(f"Row {row}: the label {value!r} is not a number; task {task.name!r} is a regression.")
-    if isinstance(value, str):
-        if value.lower() not in names:
-            known = f"one of {', '.join(task.label_names)}" if names else "a class id (the teacher has no label names)"
-            raise ValueError(f"Row {row}: unknown label {value!r}; expected {known}.")
-        return names.index(value.lower())
-    if task.is_regression:
-        return float(value)
     num_classes = 2 if task.problem_type == "binary" else task.num_labels
-    if not float(value).is_integer() or not 0 <= value < num_classes:
-        raise ValueError(
-            f"Row {row}: the label {value!r} is not a class id of task {task.name!r} (0 to {num_classes - 1}). "
+    if value is None or (task.is_regression and not isinstance(value, str)):
+        return None if value is None else float(value)
+    if isinstance(value, str) and value.lower() in names and not task.is_regression:
+        return names.index(value.lower())
+    if not isinstance(value, str) and float(value).is_integer() and 0 <= value < num_classes:
+        return int(value)
+    if task.is_regression:
+        problem = f"the label {value!r} is not a number; task {task.name!r} is a regression."
+    elif isinstance(value, str):
+        known = f"one of {', '.join(task.label_names)}" if names else "a class id (the teacher has no label names)"
+        problem = f"unknown label {value!r}; expected {known}."
+    else:
+        problem = (
+            f"the label {value!r} is not a class id of task {task.name!r} (0 to {num_classes - 1}). "
             "Graded scores need a regression task (problem_type='regression')."
         )
-    return int(value)
+    raise ValueError(f"Row {row}: {problem}")
 
 
 def task_from_teacher(

@@ -144,7 +144,7 @@ def test_missing_file(tmp_path):
         ("list.jsonl", b'["a", "b"]\n', r"no first sentence column.*Columns found: 'text'"),
         ("ragged.csv", b"sentence1,sentence2\na,b\nc,d,e\n", r"Expected 2 fields in line 3, saw 3"),
         ("quote.csv", b'sentence1,sentence2\n"a,b\n', "cannot be read as csv"),
-        ("empty.tsv", b"", "the file is empty"),
+        ("empty.tsv", b"", "the file has no data rows"),
         ("header_only.csv", b"sentence1,sentence2\n", "no data rows"),
     ],
 )
