@@ -1,19 +1,16 @@
 """Teacher-labelled augmentation: new sentence pairs built from a task's own training sentences.
 
-A teacher's value to DSE is that it can score pairs nobody labelled. :func:`augment_pairs` builds such pairs from the
-sentences of a training set; :func:`st_dse.label_with_teacher` then gives them teacher logits, and the student learns
-from gold plus teacher on the original pairs and from the teacher alone on the new ones (their gold label is missing,
-so DSELoss leaves them out of the gold loss). Three strategies, after Barkan et al. (2020) and AugSBERT:
+A teacher can score pairs nobody labelled. :func:`augment_pairs` builds such pairs (after Barkan et al. 2020 and
+AugSBERT); :func:`st_dse.label_with_teacher` gives them teacher logits, and the student learns from the teacher alone
+on them (their gold is missing, so DSELoss leaves them out of the gold loss). Strategies:
 
-* ``swap``: each pair in the other order, ``(b, a)``. It carries no gold label (entailment is not symmetric); the
-  teacher says what the swapped pair is worth.
-* ``shuffle``: random re-pairings, a first sentence from one pair with a second sentence from another: mostly
-  unrelated pairs, which show the student the teacher's scale far from the decision boundary.
-* ``neighbours``: each first sentence with its nearest second sentence of *another* pair under an embedding model
-  (cosine): hard pairs, close in meaning or wording, where the teacher's judgement carries the most information.
+* ``swap``: each pair in the other order (no gold: entailment is not symmetric).
+* ``shuffle``: random re-pairings, mostly unrelated pairs that show the teacher's scale far from the boundary.
+* ``neighbours``: each first sentence with the nearest second sentence of *another* pair under an embedding model
+  (cosine): hard pairs, where the teacher's judgement carries the most information.
 
-Pairs that already exist in the dataset (in either column order for ``shuffle`` and ``neighbours``), and duplicates
-among the new pairs, are dropped, so the result never relabels a gold pair.
+Pairs already in the dataset (in either order for ``shuffle`` and ``neighbours``) and repeats are dropped, so a gold
+pair is never relabelled.
 """
 
 from __future__ import annotations
@@ -25,6 +22,7 @@ from collections.abc import Sequence
 import datasets
 import numpy as np
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.util import semantic_search
 
 from st_dse.data.pairs import check_pairs
 
@@ -128,22 +126,17 @@ def _augment(firsts, seconds, target, strategies, model, rng, batch_size) -> dic
 
 def _nearest_pairs(model, firsts, seconds, rng, batch_size):
     """(first, nearest second of another pair) for each distinct first sentence, in random order, best ranks first."""
-    distinct_firsts = list(dict.fromkeys(firsts))
-    distinct_seconds = list(dict.fromkeys(seconds))
-    u = model.encode(distinct_firsts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True)
-    v = model.encode(distinct_seconds, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True)
+    distinct_firsts, distinct_seconds = list(dict.fromkeys(firsts)), list(dict.fromkeys(seconds))
+    u, v = (
+        model.encode(sentences, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True)
+        for sentences in (distinct_firsts, distinct_seconds)
+    )
     order = rng.permutation(len(distinct_firsts))
-    ranked = []
-    for start in range(0, len(order), 1024):
-        rows = order[start : start + 1024]
-        similarity = u[rows] @ v.T
-        top = np.argsort(-similarity, axis=1)[:, : min(4, len(distinct_seconds))]
-        ranked.append((rows, top))
+    hits = semantic_search(u[order], v, query_chunk_size=1024, top_k=4)
     # Rank 0 for every first sentence before rank 1 for any: spreads the pairs over as many sentences as possible.
     for rank in range(min(4, len(distinct_seconds))):
-        for rows, top in ranked:
-            for row, candidates in zip(rows, top):
-                yield distinct_firsts[row], distinct_seconds[candidates[rank]]
+        for row, candidates in zip(order, hits):
+            yield distinct_firsts[row], distinct_seconds[candidates[rank]["corpus_id"]]
 
 
 def with_augmented(
