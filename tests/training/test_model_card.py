@@ -14,7 +14,7 @@ import yaml
 
 import st_dse
 from st_dse.data import get_task
-from st_dse.data.sources import custom_task
+from st_dse.data.tasks import custom_task
 from st_dse.hub import DEFAULT_MODEL
 from st_dse.training import distill_student, save_student
 from st_dse.training.config import DistillConfig
