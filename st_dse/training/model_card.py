@@ -34,11 +34,9 @@ DSE_SECTION = jinja2.Template(
     """
 ## Distilled Sentence Embedding (st_dse)
 
-This model is a DSE student: a siamese sentence encoder with a `{{ head.head_type }}` PairHead, trained with DSELoss to
-reproduce the raw logits of a cross-encoder teacher on sentence pairs. The folder is a standard sentence-transformers
-model with the head saved beside it in `pair_head/`: `SentenceTransformer(path)` loads the encoder for embeddings,
-`st_dse.load_student(path)` loads the encoder and its head to score pairs as the teacher would, at the cost of one
-encoding per sentence.
+This model is a DSE student: a siamese sentence encoder with a `{{ head.head_type }}` PairHead (saved in `pair_head/`),
+trained with DSELoss to reproduce a cross-encoder teacher's raw logits on sentence pairs, at the cost of one encoding
+per sentence. `SentenceTransformer(path)` loads the encoder for embeddings, `st_dse.load_student(path)` adds the head.
 
 {% if base %}- **Base model:** {{ base }}
 {% endif %}- **Teacher:** {{ teacher or "none (trained on gold labels only)" }}
@@ -95,6 +93,7 @@ scores (what the teacher predicts){% else %}{% if head.problem_type == "binary" 
 """,
     keep_trailing_newline=True,
 )
+DSE_SECTION.globals.update(pairs=USAGE_PAIRS, placeholder=MODEL_PATH_PLACEHOLDER)
 
 
 @dataclass
@@ -148,11 +147,8 @@ def _model_link(name_or_path: str) -> str:
     hub_id = hub_model_id(name_or_path)
     if hub_id is None:
         return f"`{model_display_name(name_or_path)}` (a local model folder)"
-    return (
-        f"[{hub_id}](https://huggingface.co/{hub_id})"
-        if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", hub_id)
-        else f"`{hub_id}`"
-    )
+    link = f"[{hub_id}](https://huggingface.co/{hub_id})"
+    return link if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", hub_id) else f"`{hub_id}`"
 
 
 def training_data_name(task: TaskSpec, settings: Mapping[str, Any] | None = None) -> str:
@@ -242,9 +238,7 @@ def save_student(
         metrics={system: {name: values.get(name) for name in names} for system, values in metrics.items()},
         names=names,
         dev_data=dev_data,
-        pairs=USAGE_PAIRS,
         model=card.model_id or MODEL_PATH_PLACEHOLDER,
-        placeholder=MODEL_PATH_PLACEHOLDER,
         scores=np.array2string(np.asarray(scores), precision=4, suppress_small=True).splitlines(),
         label_names=head.label_names or list(task.label_names),
     )
