@@ -37,17 +37,14 @@ class DSELoss(nn.Module):
         teacher_logit_scale: float = 1.0,
     ) -> None:
         """
-        Distilled Sentence Embedding loss: ``(1 - w) * gold + w * distill``.
-
-        ``distill`` is the squared L2 distance between the PairHead's logits and the teacher's raw logits, summed over
-        logits and averaged over the batch. ``gold`` is the task loss on the rows with a gold label: BCE-with-logits
-        (binary), cross-entropy (k-way) or MSE (regression), by the head's ``problem_type``. The head is the model's
-        last module, so it is saved with the model.
+        Distilled Sentence Embedding loss, ``(1 - w) * gold + w * distill``: ``distill`` is the squared L2 distance
+        between the PairHead's logits and the teacher's raw logits (summed over logits, averaged over the batch),
+        ``gold`` the head's task loss (BCE, cross-entropy or MSE) on the rows with a gold label.
 
         Args:
             model: A SentenceTransformer with a :class:`~st_dse.PairHead` (see :func:`st_dse.build_student`).
-            distillation_weight: ``w`` in ``[0, 1]``: 1 is pure distillation, 0 the gold-only baseline. Default 0.5.
-            symmetric: Also score each pair in the other order and average the two losses (symmetric tasks).
+            distillation_weight: ``w`` in ``[0, 1]``: 1 is pure distillation, 0 the gold-only baseline.
+            symmetric: Also score each pair in the other order and average the two losses.
             teacher_logit_scale: Multiply a classification teacher's logits by this (below 1: softer targets).
 
         References:
@@ -56,8 +53,7 @@ class DSELoss(nn.Module):
 
         Requirements:
             1. A student with a PairHead.
-            2. A ``label`` column packed by :func:`st_dse.pack_dse_labels`, which checks its values:
-               ``[gold, *teacher_logits]``, with ``gold = NaN`` for pairs without a gold label.
+            2. Labels packed by :func:`st_dse.pack_dse_labels` (``gold = NaN`` for pairs without a gold label).
 
         Inputs:
             +--------------------------------+----------------------------------------------------------+
@@ -71,41 +67,22 @@ class DSELoss(nn.Module):
         Example:
             ::
 
-                from datasets import Dataset
-                from sentence_transformers import CrossEncoder, SentenceTransformerTrainer
-                import st_dse
-
-                pairs = Dataset.from_dict({
-                    "sentence1": ["A man is playing a guitar.", "A woman is slicing onions."],
-                    "sentence2": ["Someone plays the guitar.", "A dog runs in the park."],
-                    "label": [1, 0],
-                })
                 teacher = CrossEncoder("cross-encoder/quora-distilroberta-base")
-                pairs = st_dse.label_with_teacher(teacher, pairs)
+                pairs = st_dse.pack_dse_labels(st_dse.label_with_teacher(teacher, pairs))
                 student = st_dse.build_student("sentence-transformers/all-MiniLM-L6-v2", num_labels=1)
                 loss = st_dse.DSELoss(student, distillation_weight=0.5)
-                trainer = SentenceTransformerTrainer(
-                    model=student, train_dataset=st_dse.pack_dse_labels(pairs), loss=loss
-                )
-                trainer.train()
+                SentenceTransformerTrainer(model=student, train_dataset=pairs, loss=loss).train()
         """
         super().__init__()
-        problem = None
-        if not _is_number(distillation_weight) or not 0.0 <= distillation_weight <= 1.0:
-            problem = (
+        number = isinstance(distillation_weight, numbers.Real) and not isinstance(distillation_weight, bool)
+        if not (number and 0.0 <= distillation_weight <= 1.0):
+            raise ValueError(
                 f"distillation_weight must be in [0, 1], a number (0: gold labels only, 1: teacher only), got "
                 f"{distillation_weight!r}."
             )
-        elif not isinstance(symmetric, bool):
-            problem = f"symmetric must be True or False, got {symmetric!r}."
-        elif not _is_number(teacher_logit_scale) or not (
-            math.isfinite(teacher_logit_scale) and teacher_logit_scale > 0
-        ):
-            problem = f"teacher_logit_scale must be a positive, finite number, got {teacher_logit_scale!r}."
-        if problem:
-            raise ValueError(problem)
-        head = get_pair_head(model)  # fails here, not at the first batch, when the model cannot score pairs
-        check_teacher_logit_scale(teacher_logit_scale, head.problem_type)
+        if not isinstance(symmetric, bool):
+            raise ValueError(f"symmetric must be True or False, got {symmetric!r}.")
+        check_teacher_logit_scale(teacher_logit_scale, get_pair_head(model).problem_type)
         self.model = model
         self.distillation_weight = float(distillation_weight)
         self.symmetric = symmetric
@@ -123,55 +100,43 @@ class DSELoss(nn.Module):
     def compute_loss_from_embeddings(self, embeddings1: Tensor, embeddings2: Tensor, labels: Tensor) -> Tensor:
         head = self.head
         gold, teacher_logits = self.split_labels(labels, head.num_labels, len(embeddings1))
-        loss = self._pair_loss(head.score(embeddings1, embeddings2), gold, teacher_logits, head.problem_type)
-        if self.symmetric:
-            reverse = self._pair_loss(head.score(embeddings2, embeddings1), gold, teacher_logits, head.problem_type)
-            loss = (loss + reverse) / 2
-        return loss
-
-    def _pair_loss(self, logits: Tensor, gold: Tensor, teacher_logits: Tensor | None, problem_type: str) -> Tensor:
-        weight = self.distillation_weight
-        # Compare in float32 even under bf16/fp16 autocast: teacher logits would lose digits in half precision.
-        logits = logits.float()
-        loss = logits.new_zeros(())
-        if weight < 1.0:
-            loss = loss + (1.0 - weight) * gold_loss(logits, gold, problem_type)
-        if weight > 0.0:
-            loss = loss + weight * distillation_loss(logits, teacher_logits)
-        return loss
+        orders = [(embeddings1, embeddings2), (embeddings2, embeddings1)][: 2 if self.symmetric else 1]
+        losses = []
+        for first, second in orders:
+            # In float32 even under bf16/fp16 autocast: teacher logits would lose digits in half precision.
+            logits, loss = head.score(first, second).float(), 0.0
+            if self.distillation_weight < 1.0:
+                loss = loss + (1.0 - self.distillation_weight) * gold_loss(logits, gold, head.problem_type)
+            if self.distillation_weight > 0.0:
+                loss = loss + self.distillation_weight * distillation_loss(logits, teacher_logits)
+            losses.append(loss)
+        return sum(losses) / len(losses)
 
     def split_labels(self, labels: Tensor | None, num_labels: int, batch_size: int) -> tuple[Tensor, Tensor | None]:
-        """Split packed labels into gold labels ``(batch,)`` and scaled teacher logits ``(batch, num_labels)``.
-
-        Only shapes are checked here (no device sync); :func:`~st_dse.pack_dse_labels` checks the values.
-        """
+        """Gold labels ``(batch,)`` and scaled teacher logits ``(batch, num_labels)`` from packed labels; only shapes
+        are checked (no device sync), :func:`~st_dse.pack_dse_labels` checks the values."""
         if labels is None:
             raise ValueError("DSELoss needs labels: a 'label' column packed with st_dse.pack_dse_labels(dataset).")
-        width = 1 if labels.dim() == 1 else labels.shape[1] if labels.dim() == 2 else None
-        problem = None
+        width = {1: 1, 2: labels.shape[-1]}.get(labels.dim())
         if width == 1 and self.distillation_weight > 0:
-            problem = (
+            raise ValueError(
                 f"DSELoss with distillation_weight={self.distillation_weight} needs teacher logits, but the "
                 "labels hold one value per pair. Label the dataset with st_dse.label_with_teacher(...) and pack "
                 "it with st_dse.pack_dse_labels(...), or use distillation_weight=0 for gold-only training."
             )
-        elif width is None or len(labels) != batch_size:
-            problem = (
+        if width is None or len(labels) != batch_size:
+            raise ValueError(
                 f"Got labels of shape {tuple(labels.shape)} for a batch of {batch_size} pairs; expected "
                 "(batch,) or (batch, num_labels + 1)."
             )
-        elif width not in (1, num_labels + 1):
-            problem = (
+        if width not in (1, num_labels + 1):
+            raise ValueError(
                 f"Packed labels have {width - 1} teacher logits per pair, but the PairHead has num_labels="
                 f"{num_labels}. Use a teacher with matching outputs (label_with_teacher reduces a 2-logit binary "
                 "teacher to one logit) or build the student with the teacher's number of labels."
             )
-        if problem:
-            raise ValueError(problem)
         labels = labels.float()
-        if width == 1:
-            return labels.reshape(-1), None
-        return labels[:, 0], labels[:, 1:] * self.teacher_logit_scale
+        return (labels.reshape(-1), None) if width == 1 else (labels[:, 0], labels[:, 1:] * self.teacher_logit_scale)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
@@ -186,16 +151,16 @@ class DSELoss(nn.Module):
 
 
 def check_teacher_logit_scale(teacher_logit_scale: float, problem_type: str) -> None:
-    """Refuse a teacher_logit_scale other than 1 for regression: its teacher predicts the label, not a logit."""
+    """Refuse a teacher_logit_scale that is not a positive number, or not 1 for regression (whose teacher predicts the
+    label, not a logit)."""
+    number = isinstance(teacher_logit_scale, numbers.Real) and not isinstance(teacher_logit_scale, bool)
+    if not (number and math.isfinite(teacher_logit_scale) and teacher_logit_scale > 0):
+        raise ValueError(f"teacher_logit_scale must be a positive, finite number, got {teacher_logit_scale!r}.")
     if teacher_logit_scale != 1.0 and problem_type == "regression":
         raise ValueError(
             "teacher_logit_scale (--teacher-logit-scale) applies to classification teachers' logits; this is a "
             "regression task, whose teacher predicts the label itself on the gold loss's scale. Leave it at 1."
         )
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:

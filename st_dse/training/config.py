@@ -7,128 +7,116 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Any, Literal
 
 from transformers import HfArgumentParser
 
+from st_dse.checks import int_at_least, one_of
 from st_dse.data.augment import STRATEGIES
 from st_dse.hub import DEFAULT_MODEL
 
 DEFAULT_AUGMENT = 2.0  # new pairs per train pair when a trained teacher is given
+CACHE_HELP = "teacher-logit cache (default: $ST_DSE_CACHE or ~/.cache/st_dse)"
 
 
-def _option(name: str) -> str:
+def _option(default: Any, help: str, **kwargs) -> Any:  # noqa: A002 -- argparse's name
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_positive(name: str, value: float | int | None, allow_zero: bool = False) -> None:
-    """Raise a ValueError naming option ``--name`` unless ``value`` is None or a finite number > 0 (or >= 0)."""
-    if value is not None:
-        check_range(name, value, 0.0, math.inf, bound=">= 0" if allow_zero else "> 0", allow_low=allow_zero)
+def check_number(name: str, value: Any, low: float = 0.0, high: float = math.inf, above_low: bool = True) -> None:
+    """Raise a ValueError naming option ``--name`` unless ``value`` is None or a finite number in its range:
+    ``> low`` (``>= low`` when not ``above_low``), and ``<= high``."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    inside = number and (low < value if above_low else low <= value) and value <= high
+    if value is not None and not inside:
+        wanted = f"in [{low:g}, {high:g}]" if high < math.inf else f"a number {'>' if above_low else '>='} {low:g}"
+        raise ValueError(f"{_flag(name)} must be {wanted}, got {value!r}.")
 
 
-def check_range(name: str, value: float, low: float, high: float, bound: str = "", allow_low: bool = True) -> None:
-    """Raise a ValueError naming option ``--name`` unless ``low <= value <= high`` (and finite)."""
-    inside = low <= value <= high and math.isfinite(value) and (allow_low or value > low)
-    if isinstance(value, bool) or not inside:
-        raise ValueError(
-            f"{_option(name)} must be {f'a number {bound}' if bound else f'in [{low:g}, {high:g}]'}, got {value!r}."
-        )
+def _check_ints(config: object, names: Sequence[str]) -> None:
+    for name in names:
+        if getattr(config, name) is not None:
+            int_at_least(_flag(name), getattr(config, name))
 
 
 @dataclass
 class TeacherConfig:
     """How a CrossEncoder teacher is fine-tuned on the task's gold labels."""
 
-    base_model: str = field(default=DEFAULT_MODEL, metadata={"help": "encoder to fine-tune as a cross-encoder"})
-    epochs: int = field(default=3, metadata={"help": "training epochs"})
-    batch_size: int = field(default=32, metadata={"help": "training batch size"})
-    lr: float = field(default=5e-5, metadata={"help": "encoder learning rate"})
-    classifier_lr: float | None = field(
-        default=1e-3, metadata={"help": "learning rate of the fresh classification layer (None: the encoder's)"}
-    )
-    warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with a rising learning rate"})
-    max_length: int = field(default=128, metadata={"help": "maximum tokens per pair"})
-    seed: int = field(default=42, metadata={"help": "random seed"})
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPUs that support it)"})
+    base_model: str = _option(DEFAULT_MODEL, "encoder to fine-tune as a cross-encoder")
+    epochs: int = _option(3, "training epochs")
+    batch_size: int = _option(32, "training batch size")
+    lr: float = _option(5e-5, "encoder learning rate")
+    classifier_lr: float | None = _option(1e-3, "learning rate of the new classifier layer (None: the encoder's)")
+    warmup_ratio: float = _option(0.1, "share of steps with a rising learning rate")
+    max_length: int = _option(128, "maximum tokens per pair")
+    seed: int = _option(42, "random seed")
+    bf16: bool = _option(False, "bfloat16 mixed precision (GPUs that support it)")
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "lr", "max_length"):
-            check_positive(name, getattr(self, name))
-        check_positive("classifier_lr", self.classifier_lr)
-        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        _check_ints(self, ("epochs", "batch_size", "max_length"))
+        check_number("lr", self.lr)
+        check_number("classifier_lr", self.classifier_lr)
+        check_number("warmup_ratio", self.warmup_ratio, 0.0, 1.0, above_low=False)
 
 
 @dataclass
 class DistillConfig:
     """How a DSE student is trained: student and head, loss, optimisation, teacher, augmentation."""
 
-    student: str = field(default=DEFAULT_MODEL, metadata={"help": "the student's sentence encoder (Hub id or folder)"})
-    teacher: str | None = field(
-        default=None,
-        metadata={"help": "a fine-tuned CrossEncoder (Hub id or folder); default: fine-tune one from --teacher-base"},
+    student: str = _option(DEFAULT_MODEL, "the student's sentence encoder (Hub id or folder)")
+    teacher: str | None = _option(
+        None, "a fine-tuned CrossEncoder, Hub id or folder (default: train one from --teacher-base)"
     )
-    teacher_base: str = field(default=DEFAULT_MODEL, metadata={"help": "base model when fine-tuning the teacher"})
-    teacher_epochs: int = field(default=3, metadata={"help": "epochs when fine-tuning the teacher"})
-    epochs: int = field(default=4, metadata={"help": "student training epochs"})
-    batch_size: int = field(default=32, metadata={"help": "student training batch size"})
-    label_batch_size: int = field(
-        default=32, metadata={"help": "teacher batch size for labelling (larger is faster on a GPU)"}
+    teacher_base: str = _option(DEFAULT_MODEL, "base model when fine-tuning the teacher")
+    teacher_epochs: int = _option(3, "epochs when fine-tuning the teacher")
+    epochs: int = _option(4, "student training epochs")
+    batch_size: int = _option(32, "student training batch size")
+    label_batch_size: int = _option(32, "teacher batch size for labelling (larger is faster on a GPU)")
+    lr: float = _option(5e-5, "encoder learning rate")
+    head_lr: float = _option(1e-3, "PairHead learning rate")
+    distillation_weight: float = _option(0.5, "w in (1 - w) * gold + w * distillation (0: gold only, 1: teacher only)")
+    head: Literal["concat", "factorized"] = _option("concat", "PairHead type")
+    hidden_dim: int = _option(512, "width of the PairHead's hidden layer")
+    symmetric: bool = _option(False, "also train on each pair in the other order")
+    keep_normalize: bool = _option(False, "keep the base model's Normalize module (dropped by default)")
+    pooling_layers: int | None = _option(
+        None, "mean-pool the last K layers (DSE paper: 4; load with st_dse.load_student)"
     )
-    lr: float = field(default=5e-5, metadata={"help": "encoder learning rate"})
-    head_lr: float = field(default=1e-3, metadata={"help": "PairHead learning rate"})
-    distillation_weight: float = field(
-        default=0.5, metadata={"help": "w in (1 - w) * gold + w * distillation: 0 = gold-only, 1 = teacher-only"}
-    )
-    head: Literal["concat", "factorized"] = field(default="concat", metadata={"help": "PairHead type"})
-    hidden_dim: int = field(default=512, metadata={"help": "width of the PairHead's hidden layer"})
-    symmetric: bool = field(default=False, metadata={"help": "also train on each pair in the other order"})
-    keep_normalize: bool = field(
-        default=False, metadata={"help": "keep the base model's Normalize module (dropped by default)"}
-    )
-    pooling_layers: int | None = field(
-        default=None,
-        metadata={"help": "mean-pool the last K layers (original DSE: 4; then load with st_dse.load_student only)"},
-    )
-    teacher_logit_scale: float = field(
-        default=1.0, metadata={"help": "multiply the teacher's logits by this in the distillation term (classifiers)"}
-    )
-    warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with a rising learning rate"})
-    max_seq_length: int = field(default=128, metadata={"help": "maximum tokens per sentence"})
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU); teacher stays float32"})
-    augment: float | None = field(
-        default=None,
-        metadata={
-            "help": "add FACTOR x (train size) teacher-labelled pairs of train sentences (default: 2 with --teacher)"
-        },
+    teacher_logit_scale: float = _option(1.0, "multiply classifier teachers' logits by this in the distillation term")
+    warmup_ratio: float = _option(0.1, "share of steps with a rising learning rate")
+    max_seq_length: int = _option(128, "maximum tokens per sentence")
+    bf16: bool = _option(False, "bfloat16 mixed precision (GPU); teacher stays float32")
+    augment: float | None = _option(
+        None, "add FACTOR x (train size) teacher-labelled pairs (default: 2 with --teacher)"
     )
     augment_strategies: list[str] = field(
         default_factory=lambda: list(STRATEGIES), metadata={"help": f"augmentation strategies, of {list(STRATEGIES)}"}
     )
-    seed: int = field(default=42, metadata={"help": "random seed"})
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "teacher-logit cache (default: $ST_DSE_CACHE or ~/.cache/st_dse)"}
-    )
+    seed: int = _option(42, "random seed")
+    cache_dir: str | None = _option(None, CACHE_HELP)
 
     def __post_init__(self) -> None:
-        for name in ("teacher_epochs", "epochs", "batch_size", "label_batch_size", "lr", "head_lr", "hidden_dim"):
-            check_positive(name, getattr(self, name))
-        check_positive("max_seq_length", self.max_seq_length)
-        check_positive("pooling_layers", self.pooling_layers)
-        check_positive("teacher_logit_scale", self.teacher_logit_scale)
-        check_range("distillation_weight", self.distillation_weight, 0.0, 1.0)
-        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
-        check_positive("augment", self.augment, allow_zero=True)
-        unknown = sorted(set(self.augment_strategies) - set(STRATEGIES))
-        if unknown:
-            raise ValueError(f"--augment-strategies: unknown {unknown}; choose from {list(STRATEGIES)}.")
+        ints = ("teacher_epochs", "epochs", "batch_size", "label_batch_size", "hidden_dim", "max_seq_length")
+        _check_ints(self, (*ints, "pooling_layers"))
+        for name in ("lr", "head_lr", "teacher_logit_scale"):
+            check_number(name, getattr(self, name))
+        check_number("distillation_weight", self.distillation_weight, 0.0, 1.0, above_low=False)
+        check_number("warmup_ratio", self.warmup_ratio, 0.0, 1.0, above_low=False)
+        check_number("augment", self.augment, above_low=False)
+        for strategy in self.augment_strategies:
+            one_of("--augment-strategies", strategy, STRATEGIES)
         if self.augment is None:
-            # Augmentation pays off with a strong teacher (mpnet: +2.7 accuracy on MRPC, +3.0 on SICK-E); the quick
-            # teacher a bare run fine-tunes from the student's own base is no better than gold labels, and labelling
-            # plus 3x the training steps would about double the one-command run.
+            # Augmentation pays off with a strong teacher; the quick teacher a bare run fine-tunes is no better than
+            # gold labels, and labelling plus 3x the training steps would about double the one-command run.
             self.augment = DEFAULT_AUGMENT if self.teacher and self.distillation_weight > 0 else 0.0
         if self.augment > 0 and self.distillation_weight == 0:
             raise ValueError(
@@ -142,9 +130,9 @@ class RunConfig:
     """Where a run's outputs go, and what may happen to what is already there."""
 
     output_dir: str = field(metadata={"help": "folder for the trained model (created; refused if it holds one)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a model or results already in --output-dir"})
-    resume: bool = field(default=False, metadata={"help": "continue the same run from its last checkpoint"})
-    push_to_hub: str | None = field(default=None, metadata={"help": "also upload the model to this Hub repository"})
+    overwrite: bool = _option(False, "replace a model or results already in --output-dir")
+    resume: bool = _option(False, "continue the same run from its last checkpoint")
+    push_to_hub: str | None = _option(None, "also upload the model to this Hub repository")
 
 
 @dataclass
@@ -152,20 +140,15 @@ class LabelConfig:
     """Which teacher labels which split, in which shard, into which cache."""
 
     teacher: str = field(metadata={"help": "the fine-tuned CrossEncoder (a path or Hub id)"})
-    split: str = field(default="train", metadata={"help": "which split of --task to label"})
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "teacher-logit cache (default: $ST_DSE_CACHE or ~/.cache/st_dse)"}
-    )
-    batch_size: int = field(default=32, metadata={"help": "teacher batch size"})
-    shard_index: int | None = field(default=None, metadata={"help": "which shard to label, 0 to --num-shards - 1"})
-    num_shards: int | None = field(default=None, metadata={"help": "how many shards the pairs are split into"})
-    merge: bool = field(
-        default=False, metadata={"help": "label nothing: check that every pair is cached, and merge the cache files"}
-    )
+    split: str = _option("train", "which split of --task to label")
+    cache_dir: str | None = _option(None, CACHE_HELP)
+    batch_size: int = _option(32, "teacher batch size")
+    shard_index: int | None = _option(None, "which shard to label, 0 to --num-shards - 1")
+    num_shards: int | None = _option(None, "how many shards the pairs are split into")
+    merge: bool = _option(False, "label nothing: check that every pair is cached, and merge the cache files")
 
     def __post_init__(self) -> None:
-        check_positive("batch_size", self.batch_size)
-        check_positive("num_shards", self.num_shards)
+        _check_ints(self, ("batch_size", "num_shards"))
         problem = None
         if (self.shard_index is None) != (self.num_shards is None) and not self.merge:
             problem = "--shard-index and --num-shards go together."
@@ -193,8 +176,7 @@ def parse_config(
     program with one line naming the option (exit status 2).
     """
     parser = HfArgumentParser(list(config_classes), description=description, formatter_class=_HelpFormatter)
-    if defaults:
-        parser.set_defaults(**defaults)
+    parser.set_defaults(**(defaults or {}))
     try:
         return parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
     except ValueError as error:
@@ -204,16 +186,3 @@ def parse_config(
 def config_fields(config: object) -> dict[str, object]:
     """A config object's fields as a JSON-ready dict (what the run summary records)."""
     return {item.name: getattr(config, item.name) for item in fields(config)}
-
-
-__all__ = [
-    "DEFAULT_AUGMENT",
-    "RunConfig",
-    "DistillConfig",
-    "LabelConfig",
-    "TeacherConfig",
-    "check_positive",
-    "check_range",
-    "config_fields",
-    "parse_config",
-]

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
@@ -88,13 +89,18 @@ def label_across_ranks(teacher: CrossEncoder, dataset: datasets.Dataset, **kwarg
     return label_with_teacher(teacher, dataset, require_cached=True, merge=False, **kwargs)
 
 
-def _cross_encoder_loss(task: TaskSpec, cross_encoder: CrossEncoder):
-    if task.problem_type == "binary":
-        return cross_encoder_losses.BinaryCrossEntropyLoss(cross_encoder)
-    if task.problem_type == "multiclass":
-        return cross_encoder_losses.CrossEntropyLoss(cross_encoder)
-    # Regression: fit the raw logit to the gold score itself, so teacher logits and gold share one scale.
-    return cross_encoder_losses.MSELoss(cross_encoder, activation_fn=torch.nn.Identity())
+def _training_arguments(config: TeacherConfig | DistillConfig, checkpoint_dir: Path, resume: bool) -> tuple[dict, Any]:
+    """The trainer settings teacher and student share, and the checkpoint to resume from (None: the start)."""
+    checkpoint = last_complete_checkpoint(checkpoint_dir) if resume else None
+    if resume:
+        logger.info("Resuming from %s", checkpoint or "the start: no complete checkpoint found")
+    settings = {"num_train_epochs": config.epochs, "per_device_train_batch_size": config.batch_size}
+    settings |= {"learning_rate": config.lr, "warmup_steps": config.warmup_ratio, "save_strategy": "epoch"}
+    # Under torchrun on a machine without CUDA, transformers sets up gloo DDP only with use_cpu.
+    use_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    settings |= {"logging_steps": 50, "seed": config.seed, "report_to": "none", "bf16": config.bf16}
+    settings["use_cpu"] = use_cpu
+    return {"output_dir": str(checkpoint_dir), **settings}, checkpoint
 
 
 def finetune_teacher(
@@ -115,35 +121,25 @@ def finetune_teacher(
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else sibling_dir(output_dir, "checkpoints")
     config = config or TeacherConfig()
     set_seed(config.seed)  # the trainer seeds only after the model exists; the fresh classifier must be seeded too
+    # A regression teacher's output is the score itself: no sigmoid, and MSE on the raw logit.
+    identity = torch.nn.Identity() if task.is_regression else None
     cross_encoder = CrossEncoder(
         resolve_model_name(config.base_model),
         num_labels=task.num_labels,
         max_length=config.max_length,
-        # A regression teacher's output is the score itself; the default sigmoid would squash it.
-        activation_fn=torch.nn.Identity() if task.problem_type == "regression" else None,
+        activation_fn=identity,
     )
-    args = CrossEncoderTrainingArguments(
-        output_dir=str(checkpoint_dir),
-        num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
-        learning_rate=config.lr,
-        learning_rate_mapping={r"(^|\.)classifier\.": config.classifier_lr} if config.classifier_lr else None,
-        warmup_steps=config.warmup_ratio,
-        save_strategy="epoch",
-        save_total_limit=1,
-        logging_steps=50,
-        seed=config.seed,
-        report_to="none",
-        use_cpu=_distributed_cpu_run(),
-        bf16=config.bf16,
-    )
-    trainer = CrossEncoderTrainer(
-        model=cross_encoder,
-        args=args,
-        train_dataset=train_dataset.select_columns(["sentence1", "sentence2", "label"]),
-        loss=_cross_encoder_loss(task, cross_encoder),
-    )
-    trainer.train(resume_from_checkpoint=_resume_point(resume, checkpoint_dir))
+    if task.is_regression:
+        loss = cross_encoder_losses.MSELoss(cross_encoder, activation_fn=identity)
+    elif task.problem_type == "binary":
+        loss = cross_encoder_losses.BinaryCrossEntropyLoss(cross_encoder)
+    else:
+        loss = cross_encoder_losses.CrossEntropyLoss(cross_encoder)
+    settings, checkpoint = _training_arguments(config, checkpoint_dir, resume)
+    mapping = {r"(^|\.)classifier\.": config.classifier_lr} if config.classifier_lr else None
+    args = CrossEncoderTrainingArguments(**settings, learning_rate_mapping=mapping, save_total_limit=1)
+    train = train_dataset.select_columns(["sentence1", "sentence2", "label"])
+    CrossEncoderTrainer(model=cross_encoder, args=args, train_dataset=train, loss=loss).train(checkpoint)
     cross_encoder.save(str(output_dir))
     if eval_dataset is not None:
         metrics = evaluate_cross_encoder(cross_encoder, task, eval_dataset)
@@ -152,30 +148,14 @@ def finetune_teacher(
     return cross_encoder
 
 
-def _distributed_cpu_run() -> bool:
-    """True under ``torchrun`` on a machine without CUDA: transformers then sets up gloo DDP only with use_cpu."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-
-
 def last_complete_checkpoint(directory: Path) -> str | None:
     """The newest ``checkpoint-N`` with its ``trainer_state.json`` (written last, so it is whole), or None."""
-    if not directory.is_dir():
-        return None
-    complete = [
-        path
-        for path in directory.glob("checkpoint-*")
+    steps = [
+        int(path.name.split("-")[-1])
+        for path in Path(directory).glob("checkpoint-*")
         if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()
     ]
-    if not complete:
-        return None
-    return str(max(complete, key=lambda path: int(path.name.split("-")[-1])))
-
-
-def _resume_point(resume: bool, directory: Path) -> str | None:
-    checkpoint = last_complete_checkpoint(directory) if resume else None
-    if resume:
-        logger.info("Resuming from %s", checkpoint or "the start: no complete checkpoint found")
-    return checkpoint
+    return str(Path(directory) / f"checkpoint-{max(steps)}") if steps else None
 
 
 def distill_student(
@@ -195,7 +175,8 @@ def distill_student(
     config = config or DistillConfig()
     if len(train_dataset) == 0:
         raise ValueError("The dataset has no rows: there is nothing to train on. Check the data source.")
-    if "label" in train_dataset.column_names:
+    has_gold = "label" in train_dataset.column_names
+    if has_gold:
         check_gold_labels(train_dataset["label"], task.problem_type, task.num_labels)
     set_seed(config.seed)  # the trainer seeds only after the model exists; the fresh PairHead must be seeded too
     student = build_student(
@@ -206,51 +187,29 @@ def distill_student(
         hidden_dim=config.hidden_dim,
         keep_normalize=config.keep_normalize,
         pooling_layers=config.pooling_layers,
-        label_names=list(task.label_names) if task.problem_type != "regression" and task.label_names else None,
+        label_names=list(task.label_names) if not task.is_regression and task.label_names else None,
     )
     student.max_seq_length = config.max_seq_length
     # Before the trainer exists: its card callback extends what is set here with the data's statistics.
     describe_training(student, task, base_model=config.student)
     if config.distillation_weight > 0:
-        train = pack_dse_labels(train_dataset, gold_column="label" if "label" in train_dataset.column_names else None)
+        train = pack_dse_labels(train_dataset, gold_column="label" if has_gold else None)
     else:
         train = train_dataset.select_columns(["sentence1", "sentence2", "label"])
     evaluator = PairTaskEvaluator(task, eval_dataset) if eval_dataset is not None else None
-    args = _student_training_arguments(task, config, Path(checkpoint_dir), has_eval=evaluator is not None)
-    args.learning_rate_mapping = head_learning_rate_mapping(student, config.head_lr)
-    loss = DSELoss(
-        student,
-        distillation_weight=config.distillation_weight,
-        symmetric=config.symmetric,
-        teacher_logit_scale=config.teacher_logit_scale,
-    )
-    trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train, loss=loss, evaluator=evaluator)
-    trainer.train(resume_from_checkpoint=_resume_point(resume, Path(checkpoint_dir)))
-    return student
-
-
-def _student_training_arguments(
-    task: TaskSpec, config: DistillConfig, checkpoint_dir: Path, has_eval: bool
-) -> SentenceTransformerTrainingArguments:
-    return SentenceTransformerTrainingArguments(
-        output_dir=str(checkpoint_dir),
-        num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
-        learning_rate=config.lr,
-        warmup_steps=config.warmup_ratio,
-        eval_strategy="epoch" if has_eval else "no",
-        save_strategy="epoch",
+    settings, checkpoint = _training_arguments(config, Path(checkpoint_dir), resume)
+    args = SentenceTransformerTrainingArguments(
+        **settings,
+        eval_strategy="epoch" if evaluator else "no",
         save_total_limit=2,
-        load_best_model_at_end=has_eval,
-        metric_for_best_model=f"eval_{task.name}_dev_{task.main_metric}" if has_eval else None,
-        greater_is_better=True,
-        logging_steps=50,
-        seed=config.seed,
+        load_best_model_at_end=evaluator is not None,
+        metric_for_best_model=f"eval_{task.name}_dev_{task.main_metric}" if evaluator else None,
         data_seed=config.seed,
-        report_to="none",
-        use_cpu=_distributed_cpu_run(),
-        # DSELoss calls the PairHead outside the model's forward (on the embeddings it returns); DDP accepts
-        # parameters used outside forward only with a static graph, which a DSE training step is.
+        # DSELoss calls the PairHead outside the model's forward; DDP accepts that only with a static graph.
         ddp_static_graph=True,
-        bf16=config.bf16,
+        learning_rate_mapping=head_learning_rate_mapping(student, config.head_lr),
     )
+    loss = DSELoss(student, config.distillation_weight, config.symmetric, config.teacher_logit_scale)
+    trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train, loss=loss, evaluator=evaluator)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return student

@@ -151,4 +151,4 @@ def test_teacher_logit_scale_is_refused_for_regression_tasks():
 def test_pooling_layers_below_one_are_refused_before_any_work(capsys):
     with pytest.raises(SystemExit):
         _distill_recipe().parse_args(["--task", "mrpc", "--output-dir", "out", "--pooling-layers", "0"])
-    assert "--pooling-layers must be a number > 0, got 0" in capsys.readouterr().err
+    assert "--pooling-layers must be a positive integer, got 0" in capsys.readouterr().err

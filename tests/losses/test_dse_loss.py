@@ -77,10 +77,12 @@ def test_half_precision_logits_are_compared_in_float32():
     # Under bf16 autocast the head's logits come out in bfloat16; teacher logits such as 3.14159 have no exact bf16
     # value, so the loss must compare in float32 rather than round the teacher to the student's dtype.
     loss, _ = _loss_and_logits(1, "regression", 1.0)
-    logits = torch.tensor([[1.0], [2.0], [-0.5]], dtype=torch.bfloat16)
     teacher = [3.14159, -2.71828, 0.1]
-    value = loss._pair_loss(logits, torch.full((3,), math.nan), torch.tensor([[t] for t in teacher]), "regression")
-    assert value.dtype == torch.float32
+    labels = torch.tensor([[math.nan, t] for t in teacher])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = loss.head.score(EMBEDDINGS1, EMBEDDINGS2)
+        value = loss.compute_loss_from_embeddings(EMBEDDINGS1, EMBEDDINGS2, labels)
+    assert logits.dtype == torch.bfloat16 and value.dtype == torch.float32
     assert value.item() == pytest.approx(_hand_distill(logits.float().tolist(), [[t] for t in teacher]), rel=1e-6)
 
 
