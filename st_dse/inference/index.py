@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from functools import partial
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -42,32 +43,30 @@ SCORE_BUFFER_ELEMENTS = 1 << 25
 class CandidateIndex:
     """Candidates encoded once; queries scored against all of them with the student's PairHead, top-k returned.
 
-    Exact by default (the head scores every candidate); a faiss prefilter makes it approximate (the head scores a
-    shortlist). Scores are always the head's exact logits of the stored candidates.
+    Exact by default; a faiss prefilter makes it approximate (the head scores a shortlist). Scores are always the
+    head's exact logits of the stored candidates.
 
     Args:
         model: The student (a SentenceTransformer with a PairHead) that encoded ``candidate_embeddings``.
-        candidate_embeddings: ``(num_candidates, dim)`` embeddings from ``model.encode``, or a
-            :class:`~st_dse.inference.storage.StoredMatrix`.
+        candidate_embeddings: ``(num_candidates, dim)`` embeddings from ``model.encode``, or a ``StoredMatrix``.
         label_index: Which logit ranks candidates; required when the head has several labels.
         chunk_size: Candidates per matrix product: bounds working memory (default 8192 on a CPU, 65536 on a GPU).
         storage_dtype: ``"float32"`` (exact), ``"float16"`` or ``"int8"`` (4x smaller; per-dimension quantisation).
-        faiss_index: A faiss ``index_factory`` string (``"Flat"``, ``"IVF1024,PQ384x4fs"``, ``"HNSW32"``...). Concat
-            head: a prefilter whose best ``rerank_k`` candidates the head scores; factorized head: an inner-product
-            index over the head's candidate vectors. Needs ``pip install faiss-cpu``.
+        faiss_index: A faiss ``index_factory`` string (``"Flat"``, ``"IVF1024,PQ384x4fs"``, ``"HNSW32"``...): for a
+            concat head a prefilter whose best ``rerank_k`` candidates the head scores, for a factorized head an
+            inner-product index over its candidate vectors. Needs ``pip install faiss-cpu``.
         prefilter_metric: What a concat prefilter ranks by: ``"head"`` (a linear surrogate of the head), ``"cosine"``,
             ``"inner_product"`` or ``"l2"``.
-        rerank_k: How many prefiltered candidates a concat head scores (default 1000).
+        rerank_k: How many prefiltered candidates a concat head scores.
         rescore_k: Concat head: screen candidates in bfloat16 and rescore the best ``rescore_k`` in float32.
         device: Where candidates are stored and scored; results come back on the CPU.
 
     Example::
 
-            index = CandidateIndex.from_sentences(student, corpus, storage_dtype="float16")
-            hits = index.search(["How do I learn Python?"], top_k=5)
-            # hits[0] == [{"corpus_id": 12, "score": 4.1}, ...], best first
-            index.save("corpus-index")
-            index = CandidateIndex.load("corpus-index", student)
+        index = CandidateIndex.from_sentences(student, corpus, storage_dtype="float16")
+        hits = index.search(["How do I learn Python?"], top_k=5)  # [[{"corpus_id": 12, "score": 4.1}, ...]]
+        index.save("corpus-index")
+        index = CandidateIndex.load("corpus-index", student)
     """
 
     def __init__(
@@ -90,38 +89,35 @@ class CandidateIndex:
                 f"[0, {head.num_labels - 1}] to say which label's logit ranks candidates, got {label_index}."
             )
         one_of("prefilter_metric", prefilter_metric, PREFILTER_METRICS)
-        rerank_k = int_at_least("rerank_k", rerank_k)
-        if rescore_k is not None:
-            rescore_k = int_at_least("rescore_k", rescore_k)
-            if head.head_type != "concat":
-                raise ValueError(
-                    "rescore_k (a bfloat16 screen) applies to the concat head; a factorized head is cheap."
-                )
-        if not isinstance(candidate_embeddings, (Tensor, StoredMatrix)):
-            candidate_embeddings = np.asarray(candidate_embeddings)
-        _check_dimension("Candidate", "candidates", tuple(candidate_embeddings.shape), head.in_features)
+        rescore_k = rescore_k if rescore_k is None else int_at_least("rescore_k", rescore_k)
+        if rescore_k and head.head_type != "concat":
+            raise ValueError("rescore_k (a bfloat16 screen) applies to the concat head; a factorized head is cheap.")
+        _check_dimension("Candidate", "candidates", np.shape(candidate_embeddings), head.in_features)
         if not isinstance(candidate_embeddings, StoredMatrix):
             candidate_embeddings = StoredMatrix.from_float(candidate_embeddings, storage_dtype)
         chunk_size = chunk_size if chunk_size is None else int_at_least("chunk_size", chunk_size)
-        settings = (chunk_size, rerank_k, rescore_k)
-        self._assemble(model, candidate_embeddings.to(device), label_index or 0, model_fingerprint(model), settings)
+        settings = (label_index or 0, chunk_size, int_at_least("rerank_k", rerank_k), rescore_k)
+        self._setup(model, candidate_embeddings.to(device), model_fingerprint(model), *settings)
         if head.head_type == "factorized":
             with torch.inference_mode():
                 chunks = [self.embeddings.chunk(start, start + self._step()) for start in self._starts()]
-                parts = [self.head.candidate_vectors(chunk)[:, self.label_index].float() for chunk in chunks]
-            vectors = torch.cat(parts) if parts else torch.zeros((0, head.rank + 2))
+                vectors = torch.cat([self.head.candidate_vectors(chunk)[:, self.label_index] for chunk in chunks])
             self.candidate_vectors = StoredMatrix.from_float(vectors, self.storage_dtype).to(self.device)
         if faiss_index is not None:  # a factorized head's logit is the inner product of its head vectors
             metric = "inner_product" if head.head_type == "factorized" else prefilter_metric
             self.prefilter = Prefilter.build(faiss_index, metric, self._prefilter_source())
 
-    def _assemble(self, model, embeddings: StoredMatrix, label_index: int, fingerprint: str, settings) -> None:
-        head, device = get_pair_head(model), embeddings.device
-        self.model, self.device, self.label_index, self.fingerprint = model, device, label_index, fingerprint
-        self.chunk_size, self.rerank_k, self.rescore_k = settings
-        self.head = head if next(head.parameters()).device == device else copy.deepcopy(head).to(device)
-        self.embeddings, self.storage_dtype = embeddings, embeddings.dtype
-        self.candidate_vectors: StoredMatrix | None = None  # a factorized head's, made by __init__ or load
+    def _setup(self, model, embeddings: StoredMatrix, fingerprint, label_index, chunk_size, rerank_k, rescore_k):
+        head, self.device = get_pair_head(model), embeddings.device
+        self.model, self.fingerprint, self.label_index, self.chunk_size = model, fingerprint, label_index, chunk_size
+        self.rerank_k, self.rescore_k, self.embeddings, self.storage_dtype = (
+            rerank_k,
+            rescore_k,
+            embeddings,
+            embeddings.dtype,
+        )
+        self.head = head if next(head.parameters()).device == self.device else copy.deepcopy(head).to(self.device)
+        self.candidate_vectors: StoredMatrix | None = None  # a factorized head's
         self.prefilter: Prefilter | None = None
 
     @classmethod
@@ -219,7 +215,7 @@ class CandidateIndex:
     def score_all(self, query_embeddings: Tensor | np.ndarray) -> Tensor:
         """Exact logits ``(num_queries, num_candidates)`` of the ranking label, for every candidate, on the CPU."""
         queries = self._queries(query_embeddings)
-        return torch.cat([torch.zeros((len(queries), 0)), *(chunk.cpu() for chunk in self._chunk_scores(queries))], 1)
+        return torch.cat([chunk.cpu() for chunk in self._chunk_scores(queries)], 1)
 
     @torch.inference_mode()
     def score_candidates(self, query_embeddings: Tensor | np.ndarray, candidate_ids: Tensor | np.ndarray) -> Tensor:
@@ -241,7 +237,7 @@ class CandidateIndex:
         return self.chunk_size or DEFAULT_CHUNK_SIZE.get(self.device.type, DEFAULT_CHUNK_SIZE["cuda"])
 
     def _starts(self, step: int | None = None) -> range:
-        return range(0, len(self), step or self._step())
+        return range(0, max(len(self), 1), step or self._step())  # an empty index has one empty chunk
 
     def _query_vectors(self, queries: Tensor) -> Tensor:
         return self.head.query_vectors(queries.to(next(self.head.parameters()).dtype))[:, self.label_index].float()
@@ -339,16 +335,15 @@ class CandidateIndex:
                 "CandidateIndex.from_sentences(model, corpus)."
             )
         dtype, count = config["storage_dtype"], config["num_candidates"]
-        index = cls.__new__(cls)
-        embeddings = StoredMatrix.load(directory, "embeddings", dtype, (count, head.in_features), mmap, device)
-        settings = itemgetter("chunk_size", "rerank_k", "rescore_k")(config)
-        index._assemble(model, embeddings, config["label_index"], fingerprint, settings)
+        index, load = cls.__new__(cls), partial(StoredMatrix.load, directory, dtype=dtype, mmap=mmap, device=device)
+        settings = itemgetter("label_index", "chunk_size", "rerank_k", "rescore_k")(config)
+        index._setup(model, load(name="embeddings", shape=(count, head.in_features)), fingerprint, *settings)
         if head.head_type == "factorized":
-            shape = (count, head.rank + 2)
-            index.candidate_vectors = StoredMatrix.load(directory, "candidate_vectors", dtype, shape, mmap, device)
+            index.candidate_vectors = load(name="candidate_vectors", shape=(count, head.rank + 2))
         if config["faiss_index"]:
             params = config["faiss_params"] if faiss_params is None else faiss_params
-            index.prefilter = Prefilter.load(directory, config, index._prefilter_source(), params, mmap)
+            source, metric = index._prefilter_source(), config["prefilter_metric"]
+            index.prefilter = Prefilter.load(directory, config["faiss_index"], metric, source, params, mmap)
         return index
 
 
