@@ -1,8 +1,5 @@
-"""st_dse: Distilled Sentence Embedding (DSE) for sentence-transformers.
-
-Distil a cross-encoder teacher's logits into a siamese SentenceTransformer student with a pair head: candidates are
-encoded once, and each query costs one encode plus cheap head evaluations.
-"""
+"""st_dse: Distilled Sentence Embedding (DSE) for sentence-transformers: distil a cross-encoder teacher's logits into
+a siamese student with a pair head, so that candidates are encoded once and each query costs one encode."""
 
 from __future__ import annotations
 
@@ -24,26 +21,7 @@ from st_dse.teacher import TeacherLogitCache, label_with_teacher, teacher_finger
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "CandidateIndex",
-    "DSELoss",
-    "DSEReranker",
-    "DSEStudent",
-    "PairHead",
-    "TeacherLogitCache",
-    "TopLayersConcat",
-    "add_pair_head",
-    "augment_pairs",
-    "build_student",
-    "get_pair_head",
-    "head_learning_rate_mapping",
-    "label_with_teacher",
-    "load_model",
-    "load_student",
-    "pack_dse_labels",
-    "resolve_model_name",
-    "score_pairs",
-    "teacher_fingerprint",
-    "with_augmented",
-]
+__all__ = ["DEFAULT_MODEL", "CandidateIndex", "DSELoss", "DSEReranker", "DSEStudent", "PairHead", "TeacherLogitCache"]
+__all__ += ["TopLayersConcat", "add_pair_head", "augment_pairs", "build_student", "get_pair_head", "load_model"]
+__all__ += ["head_learning_rate_mapping", "label_with_teacher", "load_student", "pack_dse_labels", "score_pairs"]
+__all__ += ["resolve_model_name", "teacher_fingerprint", "with_augmented"]

@@ -44,8 +44,7 @@ def _in_hub_cache(model_id: str) -> bool:
 
 
 def resolve_model_name(name_or_path: str | None = None) -> str:
-    """A name or path that loads here: the default model (None) maps to its packaged copy when the Hub is unreachable
-    and the model is not cached; any other name is returned unchanged."""
+    """``name_or_path``, or for the default model (None) its packaged copy when it is neither cached nor reachable."""
     name = name_or_path or DEFAULT_MODEL
     if os.path.exists(name) or name not in DEFAULT_MODEL_ALIASES:
         return name

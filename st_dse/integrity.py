@@ -9,7 +9,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, get_args
 
@@ -18,14 +18,12 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "checksums.json"
 FORMAT_VERSION = 1  # readers refuse newer manifests
 VerifyMode = Literal["full", "size", "none"]
-HASH_CHUNK_BYTES = 1 << 20
 DEFAULT_REMEDY = "Save or build it again (and copy whole folders, not single files, when moving it)."
 PathLike = str | os.PathLike
 
 
 class CorruptFileError(ValueError):
-    """A file is missing or does not match its manifest: ``path``, and the ``expected`` and ``found``
-    ``{"size", "sha256"}`` where known."""
+    """A file is missing or does not match its manifest: ``path``, ``expected``, ``found`` ``{"size", "sha256"}``."""
 
     def __init__(self, message: str, path: Path, expected: dict | None = None, found: dict | None = None) -> None:
         super().__init__(message)
@@ -33,24 +31,20 @@ class CorruptFileError(ValueError):
 
 
 def file_sha256(path: PathLike) -> str:
-    """The SHA-256 hex digest of a file, read in 1 MiB chunks."""
-    digest, buffer = hashlib.sha256(), bytearray(HASH_CHUNK_BYTES)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while size := handle.readinto(buffer):
-            digest.update(view[:size])
-    return digest.hexdigest()
+    """The SHA-256 hex digest of a file, read in chunks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def write_manifest(directory: PathLike, files: Iterable[PathLike] | None = None, name: str = MANIFEST_NAME) -> Path:
     """Record the size and SHA-256 of ``files`` (relative to ``directory``; None: every file but the manifest) in
     ``directory/name``."""
     directory = Path(directory)
-    if files is None:
-        files = [path.relative_to(directory) for path in directory.rglob("*") if path.is_file()]
-    relatives = sorted({_relative_name(directory, file, must_exist=True) for file in files} - {name})
-    sizes = {file: (directory / file).stat().st_size for file in relatives}
-    entries = {file: {"size": size, "sha256": file_sha256(directory / file)} for file, size in sizes.items()}
+    files = [path for path in directory.rglob("*") if path.is_file()] if files is None else files
+    entries = {
+        file: {"size": (directory / file).stat().st_size, "sha256": file_sha256(directory / file)}
+        for file in sorted({_relative(directory, file, must_exist=True) for file in files} - {name})
+    }
     manifest = {"format_version": FORMAT_VERSION, "algorithm": "sha256", "files": entries}
     (directory / name).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return directory / name
@@ -61,8 +55,7 @@ def read_manifest(directory: PathLike, name: str = MANIFEST_NAME) -> dict[str, d
     :class:`CorruptFileError`."""
     path = Path(directory) / name
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        problem = _manifest_problem(manifest)
+        problem = _manifest_problem(manifest := json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:  # ValueError: not UTF-8, or not JSON
@@ -82,7 +75,7 @@ def _manifest_problem(manifest: Any) -> str | None:
         return f"it is in format {version!r} ({algorithm!r}), not one this st_dse reads (upgrade st_dse if newer)"
     for relative, entry in files.items():
         size, digest = (entry.get("size"), entry.get("sha256")) if isinstance(entry, dict) else (None, None)
-        if not _is_safe_relative(relative):
+        if not _is_safe(relative):
             return f"it lists {relative!r}, a path outside the folder"
         if not (type(size) is int and size >= 0 and isinstance(digest, str) and len(digest) == 64):
             return f"its entry for {relative!r} is malformed ({entry!r})"
@@ -104,22 +97,14 @@ def verify_manifest(
 
     Returns True when all matched, False when nothing was checked (no manifest, or ``"none"``).
     """
-    directory, error = Path(directory), None
     if verify not in get_args(VerifyMode):
-        error = ValueError(f"verify must be one of {get_args(VerifyMode)}, got {verify!r}.")
-    entries = read_manifest(directory, name) if verify in ("full", "size") else None
-    if entries is not None:
-        selected = list(entries) if files is None else [_relative_name(directory, file) for file in files]
-        error = next(_mismatches(directory, name, entries, selected, verify == "full", remedy), None)
-    if error:
-        raise error
-    return entries is not None
-
-
-def _mismatches(
-    directory: Path, name: str, entries: dict[str, dict], selected: list[str], hashes: bool, remedy: str
-) -> Iterator[CorruptFileError]:
-    for relative in selected:
+        raise ValueError(f"verify must be one of {get_args(VerifyMode)}, got {verify!r}.")
+    directory = Path(directory)
+    entries = read_manifest(directory, name) if verify != "none" else None
+    if entries is None:
+        return False
+    selected = list(entries) if files is None else [_relative(directory, file) for file in files]
+    for relative in selected:  # every size before any hash: a truncated file is named without reading the others
         path, entry = directory / relative, entries.get(relative)
         size = path.stat().st_size if entry and path.is_file() else None
         if entry is None:
@@ -131,58 +116,55 @@ def _mismatches(
             problem += "comes from another save"
         else:
             continue
-        yield CorruptFileError(f"{path} {problem}. {remedy}", path, entry, None if size is None else {"size": size})
-    for relative in selected if hashes else ():
+        raise CorruptFileError(f"{path} {problem}. {remedy}", path, entry, None if size is None else {"size": size})
+    for relative in selected if verify == "full" else ():
         path, entry = directory / relative, entries[relative]
         if (digest := file_sha256(path)) != entry["sha256"]:
             message = f"{path} has SHA-256 {digest[:16]}..., but {name} recorded {entry['sha256'][:16]}... (both "
             message += f"{entry['size']} bytes): the file is damaged or comes from another save. {remedy}"
-            yield CorruptFileError(message, path, entry, {"size": entry["size"], "sha256": digest})
+            raise CorruptFileError(message, path, entry, {"size": entry["size"], "sha256": digest})
+    return True
 
 
-def _is_safe_relative(relative: Any) -> bool:
-    safe = isinstance(relative, str) and relative and "\\" not in relative and ":" not in relative
-    return bool(safe) and not PurePosixPath(relative).is_absolute() and not {".", ".."} & set(relative.split("/"))
+def _is_safe(relative: Any) -> bool:
+    if not isinstance(relative, str) or not relative or "\\" in relative or ":" in relative:
+        return False
+    return not PurePosixPath(relative).is_absolute() and not {".", ".."} & set(relative.split("/"))
 
 
-def _relative_name(directory: Path, file: PathLike, must_exist: bool = False) -> str:
+def _relative(directory: Path, file: PathLike, must_exist: bool = False) -> str:
     path = Path(file)
-    if path.is_absolute() and path.is_relative_to(directory):
-        path = path.relative_to(directory)
-    relative, error = path.as_posix(), None
-    if not _is_safe_relative(relative):
-        error = ValueError(f"{file!s} is not a path inside {directory}; list files relative to the folder.")
-    elif must_exist and not (directory / relative).is_file():
-        error = FileNotFoundError(f"Cannot record {directory / relative} in the manifest: it is not a file.")
-    if error:
-        raise error
+    relative = (
+        path.relative_to(directory) if path.is_absolute() and path.is_relative_to(directory) else path
+    ).as_posix()
+    if not _is_safe(relative):
+        raise ValueError(f"{file!s} is not a path inside {directory}; list files relative to the folder.")
+    if must_exist and not (directory / relative).is_file():
+        raise FileNotFoundError(f"Cannot record {directory / relative} in the manifest: it is not a file.")
     return relative
 
 
 def atomic_save_dir(target: PathLike, write: Callable[[Path], Any], *, manifest: bool = False) -> Path:
     """Replace the folder ``target`` with what ``write(folder)`` writes into a new hidden sibling, all or nothing.
 
-    The old ``target`` is renamed aside, the new folder renamed in, the old one deleted: a kill at any moment leaves
-    the whole old or new folder, and the next save or load (:func:`recover_interrupted_save`) clears what it left. One
-    process at a time may save to ``target``, and none load it meanwhile (a load would delete the unfinished folder).
+    The new folder is fsynced, the old ``target`` renamed aside, the new one renamed in, the old one deleted: a kill
+    at any moment leaves the whole old or new folder, and the next save or load (:func:`recover_interrupted_save`)
+    clears what it left. One process at a time may save to ``target``, and none load it meanwhile.
 
     Args:
         target: The folder to replace (or create).
         write: Writes the new folder's files into the path it is given; if it fails, ``target`` is untouched.
         manifest: Record every written file in a manifest.
     """
-    target, problem = Path(os.path.abspath(target)), None
-    if target.is_symlink():
-        problem = f"a symbolic link; save to the folder it points to, {os.path.realpath(target)}"
-    elif target.exists() and not target.is_dir():
-        problem = "a file, not a folder; choose another path or remove the file first"
-    if problem:
-        raise ValueError(f"Cannot save over {target}: it is {problem}.")
+    target = Path(os.path.abspath(target))
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        what = "a symbolic link" if target.is_symlink() else "a file"
+        raise ValueError(f"Cannot save over {target}: it is {what}, not a folder; save to a real folder instead.")
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted_save(target)
     new, old = _sibling(target, "tmp"), _sibling(target, "old")
     new.mkdir()
-    moved = placed = False
+    moved = False
     try:
         write(new)
         if manifest:
@@ -194,12 +176,11 @@ def atomic_save_dir(target: PathLike, write: Callable[[Path], Any], *, manifest:
         if moved := os.path.lexists(target):
             os.rename(target, old)
         os.rename(new, target)
-        placed = True
-    finally:
-        if not placed:
-            if moved and not os.path.lexists(target):
-                os.rename(old, target)
-            shutil.rmtree(new, ignore_errors=True)
+    except BaseException:
+        if moved and not os.path.lexists(target):
+            os.rename(old, target)
+        shutil.rmtree(new, ignore_errors=True)
+        raise
     fsync_directory(target.parent)
     if moved:
         _discard(target, old)
@@ -207,8 +188,8 @@ def atomic_save_dir(target: PathLike, write: Callable[[Path], Any], *, manifest:
 
 
 def recover_interrupted_save(target: PathLike) -> bool:
-    """Repair what an interrupted :func:`atomic_save_dir` left beside ``target``; True when an old folder was put back
-    (a save killed between its two renames). The rest it left is deleted. Call it while no save to ``target`` runs."""
+    """Repair what an interrupted :func:`atomic_save_dir` left beside ``target``: put the old folder back when the
+    save was killed between its two renames (then return True), and delete the rest. Run it while no save runs."""
     target = Path(os.path.abspath(target))
     prefixes = tuple(f".{target.name}.{kind}-" for kind in ("old", "tmp", "del"))
     try:
@@ -248,9 +229,8 @@ def _sibling(target: Path, kind: str) -> Path:
 
 def _discard(target: Path, path: Path) -> None:
     # Renamed first, so that a deletion cut short never leaves a folder that could pass for a whole old one.
-    doomed = _sibling(target, "del")
     try:
-        os.rename(path, doomed)
+        os.rename(path, doomed := _sibling(target, "del"))
         shutil.rmtree(doomed)
     except FileNotFoundError:
         pass  # removed by another process meanwhile

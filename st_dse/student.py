@@ -1,9 +1,5 @@
-"""The DSE student: a SentenceTransformer with a PairHead. Build it, reach its head, save it, load it.
-
-Loading never runs code from the folder: st_dse names where the folder asks for code that sentence-transformers,
-transformers or torch refuse, and refuses a damaged ``modules.json`` and a ``Dense`` activation that is not a torch
-class (which sentence-transformers would silently swap for Tanh).
-"""
+"""The DSE student: a SentenceTransformer with a PairHead. Build it, reach its head, save it, load it (never running
+code from the folder)."""
 
 from __future__ import annotations
 
@@ -99,30 +95,33 @@ def build_student(
     with torch.device("meta"):
         PairHead(**{**settings, "in_features": head_kwargs.get("in_features") or 1}, hidden_dim=hidden_dim)
     model = DSEStudent(resolve_model_name(model_name_or_path), device=device)
-    if not keep_normalize:
-        for index in reversed(range(len(model))):
-            if isinstance(model[index], Normalize):
-                del model[index]
-    if pooling_layers is not None:  # mean over the concatenated last layers, in the Pooling's own mode
-        modules = list(model)
-        transformer = next((module for module in modules if isinstance(module, Transformer)), None)
-        pooling_index = next((index for index, module in enumerate(modules) if isinstance(module, Pooling)), None)
-        problem = None
-        if transformer is None or pooling_index is None or TopLayersConcat in map(type, modules):
-            problem = "Top-layers pooling needs a model made of a Transformer followed by a Pooling module (and no "
-            problem += f"TopLayersConcat yet); this one has {[type(module).__name__ for module in modules]}."
-        elif (depth := getattr(transformer.auto_model.config, "num_hidden_layers", pooling_layers)) < pooling_layers:
-            problem = f"pooling_layers={pooling_layers}, but the encoder has only {depth} layers."
-        if problem:
-            raise ValueError(problem)
-        width = pooling_layers * transformer.get_embedding_dimension()
-        concat = TopLayersConcat(pooling_layers, embedding_dimension=width)  # checks pooling_layers first
-        transformer.auto_model.config.output_hidden_states = True
-        old = modules[pooling_index]
-        model[pooling_index] = Pooling(width, pooling_mode=old.pooling_mode, include_prompt=old.include_prompt)
-        model.insert(pooling_index, concat)
+    for index in reversed(range(len(model)) if not keep_normalize else ()):
+        if isinstance(model[index], Normalize):
+            del model[index]
+    if pooling_layers is not None:
+        _pool_top_layers(model, pooling_layers)
     add_pair_head(model, hidden_dim=hidden_dim, **settings)
     return model
+
+
+def _pool_top_layers(model: SentenceTransformer, pooling_layers: int) -> None:
+    """Put a TopLayersConcat before the Pooling module, which keeps its mode over the wider token embeddings."""
+    modules = list(model)
+    transformer = next((module for module in modules if isinstance(module, Transformer)), None)
+    pooling_index = next((index for index, module in enumerate(modules) if isinstance(module, Pooling)), None)
+    if transformer is None or pooling_index is None or TopLayersConcat in map(type, modules):
+        raise ValueError(
+            "Top-layers pooling needs a model made of a Transformer followed by a Pooling module (and no "
+            f"TopLayersConcat yet); this one has {[type(module).__name__ for module in modules]}."
+        )
+    if (depth := getattr(transformer.auto_model.config, "num_hidden_layers", pooling_layers)) < pooling_layers:
+        raise ValueError(f"pooling_layers={pooling_layers}, but the encoder has only {depth} layers.")
+    width = pooling_layers * transformer.get_embedding_dimension()
+    concat = TopLayersConcat(pooling_layers, embedding_dimension=width)  # checks pooling_layers first
+    transformer.auto_model.config.output_hidden_states = True
+    old = modules[pooling_index]
+    model[pooling_index] = Pooling(width, pooling_mode=old.pooling_mode, include_prompt=old.include_prompt)
+    model.insert(pooling_index, concat)
 
 
 def head_learning_rate_mapping(model: SentenceTransformer, learning_rate: float) -> dict[str, float]:
@@ -134,20 +133,15 @@ def head_learning_rate_mapping(model: SentenceTransformer, learning_rate: float)
 
 
 class DSEStudent(SentenceTransformer):
-    """A SentenceTransformer that saves its :class:`PairHead` beside its modules: the saved form of a DSE student.
-
-    In memory the head is the last module (``encode()`` passes through it unchanged). On :meth:`save`,
-    ``modules.json`` lists only the encoder and the head goes to ``pair_head/`` (config, safetensors weights,
-    checksums), so ``SentenceTransformer(path)``, MTEB and embedding servers load the encoder without flags, and this
-    class loads both without running code from the folder; it refuses ``trust_remote_code``.
-    """
+    """A SentenceTransformer whose :class:`PairHead` (its last module in memory) is saved in ``pair_head/``, outside
+    ``modules.json``: ``SentenceTransformer(path)`` loads the encoder alone, this class both, never running code from
+    the folder (it refuses ``trust_remote_code``)."""
 
     def __init__(self, model_name_or_path: str | None = None, *args, **kwargs) -> None:
-        options, foreign = hub_kwargs(kwargs), []
+        options = hub_kwargs(kwargs)
         if model_name_or_path and (os.path.isabs(model_name_or_path) or os.path.isdir(model_name_or_path)):
             recover_interrupted_save(model_name_or_path)  # a folder, not a Hub id: repair a save killed midway
-        if model_name_or_path is not None or kwargs.get("trust_remote_code"):
-            foreign = check_model_folder(model_name_or_path, kwargs.get("trust_remote_code", False), **options)
+        foreign = check_model_folder(model_name_or_path, kwargs.get("trust_remote_code", False), **options)
         try:
             super().__init__(model_name_or_path, *args, **kwargs)
         except (ValueError, pickle.UnpicklingError) as error:
@@ -164,10 +158,8 @@ class DSEStudent(SentenceTransformer):
         return OWN_TYPES.get(class_ref) or super()._load_module_class_from_ref(class_ref, *args, **kwargs)
 
     def save(self, path: str, *args, **kwargs) -> None:
-        """Save the encoder as a standard sentence-transformers folder and the head in its ``pair_head/`` subfolder.
-
-        Saving over a model folder is all or nothing: a run killed at any moment leaves the old model or the new one.
-        """
+        """Save the encoder as a sentence-transformers folder and the head in ``pair_head/``; saving over a model
+        folder is all or nothing (a run killed at any moment leaves the old model or the new one)."""
         if os.path.isfile(os.path.join(path, "modules.json")):
             atomic_save_dir(path, lambda folder: self._save_into(str(folder), *args, **kwargs))
         else:
@@ -199,77 +191,69 @@ def load_student(model_name_or_path: str, **kwargs) -> DSEStudent:
 
 
 def load_model(model_name_or_path: str = DEFAULT_MODEL, **kwargs) -> DSEStudent:
-    """Load any sentence encoder, a DSE student (head included) or a plain model; the default name resolves to its
-    packaged copy when the Hub is unreachable. ``kwargs`` go to :class:`DSEStudent`."""
+    """Load a DSE student (head included) or any sentence encoder; ``kwargs`` go to :class:`DSEStudent`."""
     return DSEStudent(resolve_model_name(model_name_or_path), **kwargs)
 
 
 def check_model_folder(name: str | None, trust_remote_code: bool = False, **options) -> list[str]:
     """Refuse ``trust_remote_code``, a damaged ``modules.json`` or a ``Dense`` activation (in a Router too) that is not
     a torch class, before anything loads; return where the folder names module classes from other packages."""
-    problem, foreign, listed = None, [], []
-    modules_path = load_file_path(name, "modules.json", **options) if name and not trust_remote_code else None
     if trust_remote_code:
-        problem = f"trust_remote_code=True is refused: st_dse loads students without it. {TRUST_REMEDY}"
-    elif modules_path:
-        entries, problem = _read_json(modules_path, list, "a JSON list of module entries")
-        found = ((index, _entry_problem(entry)) for index, entry in enumerate(entries or ()))
-        problem = problem or next(
-            (f"{modules_path}, entry {i} {wrong} {REPAIR_REMEDY}" for i, wrong in found if wrong), None
-        )
-        if not problem:
-            listed = [(f"{modules_path}, entry {i}", entry["type"], entry["path"]) for i, entry in enumerate(entries)]
-    while listed and not problem:  # depth first: the modules of a Router follow it
+        raise ValueError(f"trust_remote_code=True is refused: st_dse loads students without it. {TRUST_REMEDY}")
+    modules_path = load_file_path(name, "modules.json", **options) if name else None
+    entries = _read_json(modules_path, list, "a JSON list of module entries") if modules_path else []
+    for index, entry in enumerate(entries):
+        if problem := _entry_problem(entry):
+            raise ValueError(f"{modules_path}, entry {index} {problem} {REPAIR_REMEDY}")
+    listed = [(f"{modules_path}, entry {i}", entry["type"], entry["path"]) for i, entry in enumerate(entries)]
+    foreign = []
+    while listed:  # depth first: the modules of a Router follow it
         where, class_ref, subfolder = listed.pop(0)
-        module_class = None
         if not class_ref.startswith("sentence_transformers."):
             foreign += [] if class_ref in OWN_TYPES else [f"{where} names the module class {class_ref!r}"]
             continue
+        module_class = None
         with contextlib.suppress(ImportError):  # sentence-transformers names an unknown class of its own itself
             module_class = import_from_string(class_ref)
         if not (isinstance(module_class, type) and issubclass(module_class, Dense | Router)):
             continue
         path = load_file_path(name, module_class.config_file_name, subfolder, **options)
         path = path or load_file_path(name, "config.json", subfolder, **options)
-        config, problem = _read_json(path, dict, "a JSON object") if path else ({}, None)
-        activation = (config or {}).get("activation_function") if issubclass(module_class, Dense) else None
+        config = _read_json(path, dict, "a JSON object") if path else {}
+        activation = config.get("activation_function") if issubclass(module_class, Dense) else None
         if activation is not None and not str(activation).startswith("torch."):
-            problem = (
+            raise ValueError(
                 f"{path}: activation_function is {activation!r}, not a torch class. Importing it would run code "
                 "chosen by the folder, and sentence-transformers would replace it with Tanh instead, changing the "
                 f"embeddings; st_dse does neither. {TRUST_REMEDY} If the model was trained with a torch activation, "
                 "write its class there (e.g. 'torch.nn.modules.activation.Tanh')."
             )
-        routes = (config or {}).get("types") if issubclass(module_class, Router) else None
+        routes = config.get("types") if issubclass(module_class, Router) else None
         routes = routes.items() if isinstance(routes, dict) else ()
         sub = [(f"{path}, types[{key!r}]", ref, str(PurePosixPath(subfolder, key))) for key, ref in routes]
         listed[:0] = [route for route in sub if isinstance(route[1], str)]
-    if problem:
-        raise ValueError(problem)
     return foreign
 
 
 def _entry_problem(entry: Any) -> str | None:
     if not isinstance(entry, dict):
         return f"is {entry!r}, expected an object with 'name', 'path' and 'type'."
-    for key in ("name", "path", "type"):
-        if not isinstance(entry.get(key), str):
-            found = "has no" if key not in entry else f"has a non-string ({entry[key]!r})"
-            return (
-                f"({entry}) {found} {key!r} key, expected a string: every module entry needs 'name', 'path', 'type'."
-            )
-    return None
+    key = next((key for key in ("name", "path", "type") if not isinstance(entry.get(key), str)), None)
+    found = "has no" if key not in entry else f"has a non-string ({entry[key]!r})"
+    return (
+        key and f"({entry}) {found} {key!r} key, expected a string: every module entry needs 'name', 'path', 'type'."
+    )
 
 
-def _read_json(path: str, kind: type, expected: str) -> tuple[Any, str | None]:
-    """``(value, None)``, or ``(None, what is wrong)`` for a file that is not JSON of the ``kind`` expected."""
+def _read_json(path: str, kind: type, expected: str) -> Any:
+    """The JSON value in ``path``, or a ValueError when it is not JSON of the ``kind`` expected."""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
     except ValueError as error:  # not UTF-8, or not JSON
-        return None, f"{path} is not valid JSON ({error}); expected {expected}. {REPAIR_REMEDY}"
+        raise ValueError(f"{path} is not valid JSON ({error}); expected {expected}. {REPAIR_REMEDY}") from None
     if not isinstance(value, kind):
-        return None, f"{path} holds a JSON {type(value).__name__}, expected {expected}. {REPAIR_REMEDY}"
-    return value, None
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, expected {expected}. {REPAIR_REMEDY}")
+    return value
 
 
 def loading_refusal(model_name_or_path: str, error: Exception, foreign: list[str]) -> str | None:

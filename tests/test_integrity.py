@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from st_dse.integrity import (
-    HASH_CHUNK_BYTES,
     MANIFEST_NAME,
     CorruptFileError,
     atomic_save_dir,
@@ -85,7 +84,7 @@ def test_manifest_round_trip(saved: Path) -> None:
 
 
 def test_file_sha256_streams_files_larger_than_a_chunk(tmp_path: Path) -> None:
-    data = os.urandom(3 * HASH_CHUNK_BYTES + 17)
+    data = os.urandom(3 * (1 << 20) + 17)  # more than one chunk
     (tmp_path / "big").write_bytes(data)
     assert file_sha256(tmp_path / "big") == hashlib.sha256(data).hexdigest()
 

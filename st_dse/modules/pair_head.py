@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import numbers
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -44,9 +43,8 @@ class PairHead(Module):
         label_names: Optional names of the classes, saved with the head for users of the model.
     """
 
-    config_keys: list[str] = [
-        *("in_features", "num_labels", "head_type", "hidden_dim", "problem_type", "rank", "dropout", "label_names")
-    ]
+    config_keys = ["in_features", "num_labels", "head_type", "hidden_dim", "problem_type", "rank", "dropout"]
+    config_keys += ["label_names"]
 
     def __init__(
         self,
@@ -60,13 +58,19 @@ class PairHead(Module):
         label_names: list[str] | None = None,
     ) -> None:
         super().__init__()
+        many = isinstance(num_labels, numbers.Real) and num_labels > 1
+        problem_type = problem_type or ("multiclass" if many else "binary")
         settings = (in_features, num_labels, head_type, hidden_dim, problem_type, rank, dropout, label_names)
-        if problem := next(_setting_problems(*settings), None):
+        if problem := _setting_problem(*settings):
             raise ValueError(problem)
-        self.in_features, self.num_labels, self.head_type = in_features, num_labels, head_type
-        self.hidden_dim, self.problem_type = hidden_dim, problem_type or ("multiclass" if num_labels > 1 else "binary")
-        self.rank, self.dropout = rank if rank is not None else max(1, hidden_dim // 4), dropout
-        self.label_names = list(label_names) if label_names is not None else None
+        self.in_features, self.num_labels, self.head_type, self.hidden_dim = (
+            in_features,
+            num_labels,
+            head_type,
+            hidden_dim,
+        )
+        self.problem_type, self.rank = problem_type, rank if rank is not None else max(1, hidden_dim // 4)
+        self.dropout, self.label_names = dropout, list(label_names) if label_names is not None else None
         if head_type == "concat":
             self.classifier = _mlp(4 * in_features, hidden_dim, num_labels, dropout)
         else:  # each side outputs, per label, `rank` vector components and one bias term
@@ -77,24 +81,23 @@ class PairHead(Module):
     def forward(self, features: dict[str, Tensor | Any], **kwargs) -> dict[str, Tensor | Any]:
         return features
 
-    def _check_input(self, *embeddings: Tensor, paired: bool = False, factorized: bool = False) -> None:
+    def _inputs(self, *embeddings: Tensor, paired: bool = False, factorized: bool = False) -> list[Tensor]:
+        """The embeddings in the head's dtype, once checked."""
         widths = [embedding.shape[-1] for embedding in embeddings if embedding.shape[-1] != self.in_features]
-        problem = None
         if factorized and self.head_type != "factorized":
-            problem = "query_vectors/candidate_vectors exist only for head_type='factorized'."
-        elif widths:
-            problem = f"The PairHead expects embeddings of dimension {self.in_features}, got {widths[0]}. Were the "
-            problem += "embeddings made by another model?"
-        elif paired and embeddings[0].shape != embeddings[1].shape:
-            problem = f"Embedding pairs must have the same shape, got {embeddings[0].shape} and {embeddings[1].shape}."
-        if problem:
-            raise ValueError(problem)
+            raise ValueError("query_vectors/candidate_vectors exist only for head_type='factorized'.")
+        if widths:
+            raise ValueError(
+                f"The PairHead expects embeddings of dimension {self.in_features}, got {widths[0]}. Were the "
+                "embeddings made by another model?"
+            )
+        if paired and embeddings[0].shape != embeddings[1].shape:
+            raise ValueError(f"Embedding pairs must have the same shape, got {[e.shape for e in embeddings]}.")
+        return [embedding.to(next(self.parameters()).dtype) for embedding in embeddings]
 
     def score(self, embeddings1: Tensor, embeddings2: Tensor) -> Tensor:
         """Logits ``(batch, num_labels)`` for row-aligned embedding pairs, each ``(batch, in_features)``."""
-        self._check_input(embeddings1, embeddings2, paired=True)
-        dtype = self._parameter_dtype()
-        u, v = embeddings1.to(dtype), embeddings2.to(dtype)
+        u, v = self._inputs(embeddings1, embeddings2, paired=True)
         if self.head_type == "concat":
             return self.classifier(torch.cat([u, v, u * v, torch.abs(u - v)], dim=-1))
         return (self.query_vectors(u) * self.candidate_vectors(v)).sum(-1)
@@ -102,9 +105,7 @@ class PairHead(Module):
     def score_all(self, query_embeddings: Tensor, candidate_embeddings: Tensor) -> Tensor:
         """Logits ``(num_queries, num_candidates, num_labels)`` of every query against every candidate, without
         dropout; the concat head computes the query terms once per query (see :func:`concat_hidden`)."""
-        self._check_input(query_embeddings, candidate_embeddings)
-        dtype = self._parameter_dtype()
-        queries, candidates = query_embeddings.to(dtype), candidate_embeddings.to(dtype)
+        queries, candidates = self._inputs(query_embeddings, candidate_embeddings)
         if self.head_type == "factorized":
             return torch.einsum("qkr,nkr->qnk", self.query_vectors(queries), self.candidate_vectors(candidates))
         if len(queries) == 0:
@@ -123,15 +124,11 @@ class PairHead(Module):
         return torch.cat([vector, side_bias, torch.ones_like(side_bias)], dim=-1)
 
     def _side(self, projection: str, embeddings: Tensor) -> tuple[Tensor, Tensor]:
-        self._check_input(embeddings, factorized=True)
-        out = getattr(self, projection)(embeddings.to(self._parameter_dtype()))
-        out = out.view(*embeddings.shape[:-1], self.num_labels, self.rank + 1)
+        (embeddings,) = self._inputs(embeddings, factorized=True)
+        out = getattr(self, projection)(embeddings).view(*embeddings.shape[:-1], self.num_labels, self.rank + 1)
         return out[..., :-1], out[..., -1:]
 
-    def _parameter_dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+    def save(self, output_path: str, *args, **kwargs) -> None:
         os.makedirs(output_path, exist_ok=True)
         self.save_config(output_path)
         self.save_torch_weights(output_path, safe_serialization=True)
@@ -165,30 +162,30 @@ def _mlp(in_features: int, hidden_dim: int, out_features: int, dropout: float) -
     )
 
 
-def _setting_problems(
+def _setting_problem(
     in_features, num_labels, head_type, hidden_dim, problem_type, rank, dropout, labels
-) -> Iterator[str]:
-    sizes = (in_features, num_labels, hidden_dim, 1 if rank is None else rank)
-    for name, value in zip(("in_features", "num_labels", "hidden_dim", "rank"), sizes):
+) -> str | None:
+    sizes = {"in_features": in_features, "num_labels": num_labels, "hidden_dim": hidden_dim}
+    for name, value in {**sizes, "rank": 1 if rank is None else rank}.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            yield f"PairHead {name} must be an integer, got {value!r}."
-        elif value < 1 and name != "num_labels":  # num_labels must fit the problem type, below
-            yield f"PairHead {name} must be an integer >= 1, got {value!r}."
+            return f"PairHead {name} must be an integer, got {value!r}."
+        if value < 1 and name != "num_labels":  # num_labels must fit the problem type, below
+            return f"PairHead {name} must be an integer >= 1, got {value!r}."
     if head_type not in get_args(HeadType):
-        yield f"PairHead head_type must be one of {get_args(HeadType)}, got {head_type!r}."
-    problem_type = problem_type or ("multiclass" if num_labels > 1 else "binary")
+        return f"PairHead head_type must be one of {get_args(HeadType)}, got {head_type!r}."
     if problem_type not in get_args(ProblemType):
-        yield f"PairHead problem_type must be one of {get_args(ProblemType)}, got {problem_type!r}."
+        return f"PairHead problem_type must be one of {get_args(ProblemType)}, got {problem_type!r}."
     if num_labels < 1 or (problem_type == "multiclass") != (num_labels > 1):
-        yield (
+        return (
             f"num_labels={num_labels} does not fit problem_type={problem_type!r}: use num_labels=1 for binary tasks "
             "and regression (one logit), and num_labels=k >= 2 for k-way classification."
         )
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
-        yield f"PairHead dropout must be a number in [0, 1), got {dropout!r}."
+        return f"PairHead dropout must be a number in [0, 1), got {dropout!r}."
     expected = 2 if problem_type == "binary" else num_labels
     if labels is not None and problem_type != "regression" and len(labels) != expected:
-        yield f"Expected {expected} label_names for a {problem_type} head, got {labels}."
+        return f"Expected {expected} label_names for a {problem_type} head, got {labels}."
+    return None
 
 
 def concat_weight_blocks(head: PairHead) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -236,18 +233,14 @@ def concat_logits(
 def logits_to_output(logits: Tensor, problem_type: str, output: Output = "logits") -> Tensor:
     """Head logits ``(n, num_labels)`` as ``"logits"`` (``(n,)`` for one-logit heads), ``"probabilities"`` (sigmoid
     or softmax) or ``"labels"`` (class ids; binary: logit > 0)."""
-    problem = None
     if output not in get_args(Output):
-        problem = f"output must be 'logits', 'probabilities' or 'labels', got {output!r}."
-    elif problem_type == "regression" and output != "logits":
-        problem = f"A regression head gives scores, not {output}; use output='logits'."
-    if problem:
-        raise ValueError(problem)
-    if problem_type == "multiclass":
-        if output == "probabilities":
-            return torch.softmax(logits, dim=-1)
-        return logits.argmax(dim=-1) if output == "labels" else logits
-    logits = logits[:, 0]
+        raise ValueError(f"output must be 'logits', 'probabilities' or 'labels', got {output!r}.")
+    if problem_type == "regression" and output != "logits":
+        raise ValueError(f"A regression head gives scores, not {output}; use output='logits'.")
+    if problem_type != "multiclass":
+        logits = logits[:, 0]
     if output == "probabilities":
-        return torch.sigmoid(logits)
-    return (logits > 0).long() if output == "labels" else logits
+        return torch.softmax(logits, dim=-1) if problem_type == "multiclass" else torch.sigmoid(logits)
+    if output == "labels":
+        return logits.argmax(dim=-1) if problem_type == "multiclass" else (logits > 0).long()
+    return logits

@@ -10,24 +10,21 @@ from torch import Tensor
 
 
 class TopLayersConcat(Module):
-    """Replaces the token embeddings with the concatenation of the encoder's last ``num_layers`` layers.
-
-    Between the Transformer (with ``config.output_hidden_states = True``) and a mean Pooling module it gives the
-    original DSE embedding; :func:`build_student` with ``pooling_layers=k`` sets this up.
+    """Replaces the token embeddings with the concatenation of the encoder's last ``num_layers`` layers: before a mean
+    Pooling, the original DSE embedding (set up by :func:`build_student` with ``pooling_layers=k``).
 
     Args:
         num_layers: How many of the last layers to concatenate.
         embedding_dimension: Width of the concatenated token embeddings (``num_layers`` x the encoder's width).
     """
 
-    config_keys: list[str] = ["num_layers", "embedding_dimension"]
+    config_keys = ["num_layers", "embedding_dimension"]
 
     def __init__(self, num_layers: int = 4, embedding_dimension: int | None = None) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}.")
-        self.num_layers = num_layers
-        self.embedding_dimension = embedding_dimension
+        self.num_layers, self.embedding_dimension = num_layers, embedding_dimension
 
     def forward(self, features: dict[str, Tensor | Any], **kwargs) -> dict[str, Tensor | Any]:
         layers = features.get("all_layer_embeddings")
@@ -43,5 +40,5 @@ class TopLayersConcat(Module):
     def get_embedding_dimension(self) -> int | None:
         return self.embedding_dimension
 
-    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+    def save(self, output_path: str, *args, **kwargs) -> None:
         self.save_config(output_path)

@@ -1,13 +1,9 @@
-"""Teacher logits cached on disk, keyed by the teacher's fingerprint and each pair's own text.
-
-Keying by content means a reordered, filtered or extended dataset can never receive another pair's logits. Every
-teacher batch is written to its own file (temporary file, then atomic rename) as soon as it is scored, so killing
-the process loses at most the batch in flight; a rerun labels only what is missing. After a complete run the batch
-files are merged into one.
-"""
+"""Teacher logits cached on disk, keyed by the teacher's fingerprint and each pair's text: a reordered, filtered or
+extended dataset never gets another pair's logits, and a killed run loses at most the batch in flight."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -24,13 +20,8 @@ from st_dse.integrity import fsync_directory
 logger = logging.getLogger(__name__)
 
 KEY_BYTES = 16
-_BATCH_PREFIX = "logits-"
-_MERGED_PREFIX = "merged-"
-# Writing a temporary file takes well under a second: an older one was left by a killed process, a younger one may
-# belong to a process writing into the same cache right now.
-STALE_TEMPORARY_SECONDS = 3600
-# Batch files written in one run are merged every this many, so a rerun after a long run reads few files.
-MERGE_EVERY_BATCHES = 512
+STALE_TEMPORARY_SECONDS = 3600  # an older temporary file was left by a killed process, a younger one may be in use
+MERGE_EVERY_BATCHES = 512  # batch files of one run merged every this many, so that a rerun reads few files
 
 
 def default_cache_dir() -> Path:
@@ -40,9 +31,10 @@ def default_cache_dir() -> Path:
 
 def pair_key(sentence1: str, sentence2: str) -> bytes:
     """A 16-byte digest of one ordered pair; the length prefix keeps ("ab", "c") apart from ("a", "bc")."""
-    text = f"{len(sentence1)}:{sentence1}\x1f{sentence2}"
-    # surrogatepass: text decoded with errors="surrogateescape" still gets a key.
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=KEY_BYTES).digest()
+    text = f"{len(sentence1)}:{sentence1}\x1f{sentence2}".encode(
+        "utf-8", "surrogatepass"
+    )  # surrogateescape'd text too
+    return hashlib.blake2b(text, digest_size=KEY_BYTES).digest()
 
 
 def shard_of(key: bytes, num_shards: int) -> int:
@@ -55,11 +47,8 @@ def _checksum(keys: np.ndarray, logits: np.ndarray) -> str:
 
 
 class TeacherLogitCache:
-    """Logits of one teacher, stored as checksummed ``.npz`` files in ``cache_dir/<fingerprint[:32]>/``.
-
-    A file that fails to load, fails its checksum or was written by another teacher is renamed ``*.corrupt`` and its
-    pairs are labelled again. Several processes may share a folder: file names are unique, files are never modified,
-    and :meth:`merge` deletes a file only once its contents are safely in the merged file.
+    """Logits of one teacher, in checksummed ``.npz`` files in ``cache_dir/<fingerprint[:32]>/``; a damaged file is
+    renamed ``*.corrupt`` and its pairs labelled again. Processes may share a folder: files are never modified.
 
     Args:
         cache_dir: The cache root, e.g. :func:`default_cache_dir`.
@@ -73,10 +62,11 @@ class TeacherLogitCache:
         self._logits: dict[bytes, np.ndarray] = {}
         self._files: dict[Path, list[bytes]] = {}  # what each file holds, so a merge knows what a deletion loses
         self._batches_since_merge: list[Path] = []
-        self._remove_stale_temporaries()
-        for path in sorted(self.directory.glob(f"{_MERGED_PREFIX}*.npz")) + sorted(
-            self.directory.glob(f"{_BATCH_PREFIX}*.npz")
-        ):
+        for path in self.directory.glob("*.tmp"):
+            with contextlib.suppress(OSError):  # gone already (another process), or not ours to remove
+                if time.time() - path.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                    path.unlink()
+        for path in sorted(self.directory.glob("merged-*.npz")) + sorted(self.directory.glob("logits-*.npz")):
             self._load(path)
 
     def __len__(self) -> int:
@@ -93,15 +83,6 @@ class TeacherLogitCache:
         """The cache files this object has read or written, in that order."""
         return list(self._files)
 
-    def _remove_stale_temporaries(self) -> None:
-        for path in self.directory.glob("*.tmp"):
-            try:
-                if time.time() - path.stat().st_mtime > STALE_TEMPORARY_SECONDS:
-                    path.unlink()
-                    logger.info("Removed %s, left by an interrupted teacher-labelling run.", path)
-            except OSError as error:  # gone already (another process), or not ours to remove
-                logger.debug("Could not remove stale temporary file %s: %s", path, error)
-
     def _load(self, path: Path) -> None:
         try:
             with np.load(path, allow_pickle=False) as stored:
@@ -110,11 +91,8 @@ class TeacherLogitCache:
             width = self._width()
             problems = {
                 "written by another teacher": fingerprint != self.fingerprint,
-                "malformed arrays": keys.dtype != np.uint8
-                or keys.shape[1:] != (KEY_BYTES,)
-                or logits.ndim != 2
-                or len(keys) != len(logits)
-                or logits.dtype != np.float32,
+                "malformed arrays": (keys.dtype, keys.shape[1:], logits.dtype, logits.ndim, len(logits))
+                != (np.uint8, (KEY_BYTES,), np.float32, 2, len(keys)),
                 "checksum mismatch": _checksum(keys, logits) != checksum,
                 "non-finite logits": not np.isfinite(logits).all(),
                 f"not {width} logits per pair as in other files": width is not None and logits.shape[1:] != (width,),
@@ -122,20 +100,16 @@ class TeacherLogitCache:
             if any(problems.values()):
                 raise ValueError(", ".join(name for name, failed in problems.items() if failed))
         except FileNotFoundError:
-            logger.debug("Cache file %s vanished while loading (merged by another process).", path)
-            return
+            return  # merged by another process meanwhile
         except Exception as error:
             logger.warning(
                 "Ignoring damaged teacher-logit cache file %s (%s); its pairs will be relabelled.", path, error
             )
-            try:
+            with contextlib.suppress(OSError):  # already set aside by another process
                 os.replace(path, path.with_suffix(".corrupt"))
-            except OSError:
-                pass  # already set aside by another process
             return
-        key_list = [key.tobytes() for key in keys]
-        self._logits.update(zip(key_list, logits))
-        self._files[path] = key_list
+        self._files[path] = [key.tobytes() for key in keys]
+        self._logits.update(zip(self._files[path], logits))
 
     def _width(self) -> int | None:
         return len(next(iter(self._logits.values()))) if self._logits else None
@@ -159,17 +133,14 @@ class TeacherLogitCache:
         return path
 
     def add(self, keys: Sequence[bytes], logits: np.ndarray) -> None:
-        """Store one batch of logits in its own file (renamed into place, not fsynced), then serve it from :meth:`get`.
-
-        After a power failure a damaged file fails its checksum and is relabelled. Every ``MERGE_EVERY_BATCHES``
-        batch files are merged into one.
-        """
+        """Store one batch of logits in its own file (renamed into place, not fsynced: after a power failure a damaged
+        file fails its checksum), then serve it from :meth:`get`."""
         keys = list(keys)
         logits = np.ascontiguousarray(logits, dtype=np.float32).reshape(len(keys), -1)
         width = self._width()
         if width is not None and logits.shape[1] != width:
             raise ValueError(f"Got {logits.shape[1]} logits per pair, but this cache holds {width} per pair.")
-        path = self._write(_BATCH_PREFIX, keys, logits, durable=False)
+        path = self._write("logits-", keys, logits, durable=False)
         self._logits.update(zip(keys, logits))
         self._files[path] = keys
         self._batches_since_merge.append(path)
@@ -177,17 +148,14 @@ class TeacherLogitCache:
             self.merge(self._batches_since_merge)
 
     def merge(self, files: Sequence[Path] | None = None) -> Path | None:
-        """Rewrite ``files`` (default: every file this object knows) as one merged file, then delete them.
-
-        The merged file is fsynced before any source file is deleted, so a crash leaves every logit in at least one
-        whole file. Returns the merged file, or None when there were fewer than two files.
-        """
+        """Rewrite ``files`` (default: every file this object knows) as one fsynced merged file, then delete them;
+        return it, or None for fewer than two files."""
         files = [path for path in (self.files if files is None else files) if path in self._files]
         self._batches_since_merge = [path for path in self._batches_since_merge if path not in files]
         if len(files) < 2:
             return None
         keys = list(dict.fromkeys(key for path in files for key in self._files[path]))
-        merged = self._write(_MERGED_PREFIX, keys, np.stack([self._logits[key] for key in keys]), durable=True)
+        merged = self._write("merged-", keys, np.stack([self._logits[key] for key in keys]), durable=True)
         for path in files:
             path.unlink(missing_ok=True)  # another process sharing the cache may have merged it already
             del self._files[path]

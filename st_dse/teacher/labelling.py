@@ -31,10 +31,8 @@ def teacher_fingerprint(cross_encoder: CrossEncoder) -> str:
 
 
 def raw_logits(cross_encoder: CrossEncoder, pairs: list[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
-    """The teacher's raw logits ``(n, k)``, no activation. A 2-logit teacher gives ``l1 - l0`` as one logit.
-
-    For a binary softmax teacher ``l1 - l0`` is the positive class's logit, which a one-output head can reproduce.
-    """
+    """The teacher's raw logits ``(n, k)``, no activation; a 2-logit (softmax) teacher gives ``l1 - l0``, the positive
+    class's logit, which a one-output head can reproduce."""
     if not pairs:
         return np.zeros((0, 1 if cross_encoder.num_labels <= 2 else cross_encoder.num_labels), dtype=np.float32)
     logits = cross_encoder.predict(
@@ -62,10 +60,8 @@ def label_with_teacher(
 ) -> datasets.Dataset:
     """Add a column with the teacher's raw logits (a list of floats per row) to ``dataset``.
 
-    Logits are cached on disk by teacher and pair content (:class:`TeacherLogitCache`): a rerun after an
-    interruption labels only the missing pairs and gives exactly the logits of an uninterrupted run. Shards
-    (``shard_index``/``num_shards``) split pairs by a hash of their text, so every process agrees on the split; a
-    final call without shard arguments over the shared cache labels nothing.
+    Logits are cached by teacher and pair content (:class:`TeacherLogitCache`): a rerun labels only the missing pairs,
+    to exactly the logits of an uninterrupted run. Shards split pairs by a hash of their text.
 
     Args:
         cross_encoder: The teacher, a fine-tuned :class:`~sentence_transformers.CrossEncoder`.
@@ -82,15 +78,10 @@ def label_with_teacher(
             their original order.
         require_cached: Label nothing; raise a ValueError if any pair has no cached logits.
         merge: After a complete run, fold the cache's files into one (leave it False while other processes read it).
-
-    Raises:
-        ValueError: bad data, columns, sizes or shard arguments, NaN or infinite teacher logits (that chunk is not
-            cached), or missing logits with ``require_cached``.
     """
     int_at_least("batch_size", batch_size)
     chunk_size = batch_size if chunk_size is None else int_at_least("chunk_size", chunk_size)
-    problem = _argument_problem(shard_index, num_shards, require_cached, use_cache)
-    if problem:
+    if problem := _argument_problem(shard_index, num_shards, require_cached, use_cache):
         raise ValueError(problem)
     dataset = as_dataset(dataset, "label_with_teacher")
     missing = [c for c in (sentence1_column, sentence2_column) if c not in dataset.column_names]
@@ -119,8 +110,7 @@ def label_with_teacher(
             "Label them first (e.g. finish the missing shards with recipes/label_teacher.py --shard-index i "
             "--num-shards n), or copy the shards' cache folders into this one."
         )
-    if show_progress_bar is None:
-        show_progress_bar = logger.getEffectiveLevel() <= logging.INFO
+    show_progress_bar = logger.getEffectiveLevel() <= logging.INFO if show_progress_bar is None else show_progress_bar
     known.update(_label_missing(cross_encoder, todo, cache, batch_size, chunk_size, show_progress_bar))
     if cache is not None and merge:
         try:
@@ -131,8 +121,7 @@ def label_with_teacher(
     column = [known[key].tolist() for key in keys]
     if output_column in dataset.column_names:
         dataset = dataset.remove_columns(output_column)
-    # An empty column has no type to infer: give it the type of a filled one.
-    feature = None if column else datasets.Sequence(datasets.Value("float64"))
+    feature = None if column else datasets.Sequence(datasets.Value("float64"))  # an empty column has no type to infer
     return dataset.add_column(output_column, column, feature=feature)
 
 
@@ -144,11 +133,8 @@ def _label_missing(
     chunk_size: int,
     show_progress_bar: bool,
 ) -> dict[bytes, np.ndarray]:
-    """The logits of ``todo``'s pairs, each chunk cached as soon as it is scored.
-
-    Pairs go longest first (as CrossEncoder.predict sorts), ties broken by key: a total order whose cached chunks
-    are a prefix, so a rerun forms the same remaining chunks as an uninterrupted run and gets identical logits.
-    """
+    """The logits of ``todo``'s pairs, each chunk cached once scored. Pairs go longest first (as CrossEncoder.predict
+    sorts), ties broken by key: a rerun forms the same remaining chunks as an uninterrupted run: identical logits."""
     known: dict[bytes, np.ndarray] = {}
     todo_keys = sorted(todo, key=lambda key: (-(len(todo[key][0]) + len(todo[key][1])), key))
     with tqdm(total=len(todo_keys), desc="Teacher labelling", unit="pair", disable=not show_progress_bar) as bar:
