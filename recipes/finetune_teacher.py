@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     data, config, run = parse_config((DataConfig, TeacherConfig, RunConfig), argv, description=__doc__)
     try:
-        check_output_dir(run.output_dir, run.overwrite, run.resume)
+        check_output_dir(run.output_dir, run.overwrite, run.resume, kind="teacher")
         # 1. Load the train and dev pairs; the task's shape comes from the registry or from the gold labels.
         task, train, dev = load_pairs(data)
     except (FileExistsError, FileNotFoundError, HubUnreachableError, ValueError) as error:

@@ -36,7 +36,9 @@ def file_sha256(path: PathLike) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def write_manifest(directory: PathLike, files: Iterable[PathLike] | None = None, name: str = MANIFEST_NAME) -> Path:
+def write_manifest(
+    directory: PathLike, files: Iterable[PathLike] | None = None, name: str = MANIFEST_NAME, kind: str | None = None
+) -> Path:
     """Record the size and SHA-256 of ``files`` (relative to ``directory``; None: every file but the manifest) in
     ``directory/name``."""
     directory = Path(directory)
@@ -45,7 +47,7 @@ def write_manifest(directory: PathLike, files: Iterable[PathLike] | None = None,
         file: {"size": (directory / file).stat().st_size, "sha256": file_sha256(directory / file)}
         for file in sorted({_relative(directory, file, must_exist=True) for file in files} - {name})
     }
-    manifest = {"format_version": FORMAT_VERSION, "algorithm": "sha256", "files": entries}
+    manifest = {"format_version": FORMAT_VERSION, "algorithm": "sha256", "kind": kind, "files": entries}
     (directory / name).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return directory / name
 
@@ -144,9 +146,11 @@ def _relative(directory: Path, file: PathLike, must_exist: bool = False) -> str:
     return relative
 
 
-def atomic_save_dir(target: PathLike, write: Callable[[Path], Any], *, manifest: bool = False) -> Path:
+def atomic_save_dir(target: PathLike, write: Callable[[Path], Any], *, kind: str) -> Path:
     """Replace the folder ``target`` with what ``write(folder)`` writes into a new hidden sibling, all or nothing.
 
+    Only a folder that st_dse saved as the same ``kind`` is replaced: a ``target`` holding any file its manifest does
+    not list (a file of yours, another kind of save) is refused before anything is written (:func:`foreign_files`).
     The new folder is fsynced, the old ``target`` renamed aside, the new one renamed in, the old one deleted: a kill
     at any moment leaves the whole old or new folder, and the next save or load (:func:`recover_interrupted_save`)
     clears what it left. One process at a time may save to ``target``, and none load it meanwhile.
@@ -154,12 +158,18 @@ def atomic_save_dir(target: PathLike, write: Callable[[Path], Any], *, manifest:
     Args:
         target: The folder to replace (or create).
         write: Writes the new folder's files into the path it is given; if it fails, ``target`` is untouched.
-        manifest: Record every written file in a manifest.
+        kind: What is saved ("student", "index", ...), recorded with every written file in the folder's manifest.
     """
     target = Path(os.path.abspath(target))
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         what = "a symbolic link" if target.is_symlink() else "a file"
         raise ValueError(f"Cannot save over {target}: it is {what}, not a folder; save to a real folder instead.")
+    if foreign := foreign_files(target, kind):
+        listed = f"{', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}"
+        raise FileExistsError(
+            f"Cannot save over {target}: it holds files that are not part of an st_dse {kind} save ({listed}); "
+            "move them away or save to another folder."
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted_save(target)
     new, old = _sibling(target, "tmp"), _sibling(target, "old")
@@ -167,8 +177,7 @@ def atomic_save_dir(target: PathLike, write: Callable[[Path], Any], *, manifest:
     moved = False
     try:
         write(new)
-        if manifest:
-            write_manifest(new)
+        write_manifest(new, kind=kind)
         for root, _, files in os.walk(new, topdown=False):
             for file in files:
                 _fsync(os.path.join(root, file))
@@ -185,6 +194,19 @@ def atomic_save_dir(target: PathLike, write: Callable[[Path], Any], *, manifest:
     if moved:
         _discard(target, old)
     return target
+
+
+def foreign_files(folder: PathLike, kind: str) -> list[str]:
+    """The files in ``folder`` that a save of ``kind`` may not replace: every file its manifest does not list, and all
+    of them when there is no readable manifest or it records another kind. Empty for a missing or empty folder."""
+    folder = Path(folder)
+    files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if not path.is_dir())
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+        listed = {*manifest["files"], MANIFEST_NAME} if manifest["kind"] == kind else set()
+    except (OSError, ValueError, KeyError, TypeError):  # no manifest, or not one st_dse wrote
+        listed = set()
+    return [file for file in files if file not in listed]
 
 
 def recover_interrupted_save(target: PathLike) -> bool:

@@ -160,10 +160,7 @@ class DSEStudent(SentenceTransformer):
     def save(self, path: str, *args, **kwargs) -> None:
         """Save the encoder as a sentence-transformers folder and the head in ``pair_head/``; saving over a model
         folder is all or nothing (a run killed at any moment leaves the old model or the new one)."""
-        if os.path.isfile(os.path.join(path, "modules.json")):
-            atomic_save_dir(path, lambda folder: self._save_into(str(folder), *args, **kwargs))
-        else:
-            self._save_into(path, *args, **kwargs)
+        atomic_save_dir(path, lambda folder: self._save_into(str(folder), *args, **kwargs), kind="student")
 
     def _save_into(self, path: str, *args, **kwargs) -> None:
         heads = [(name, module) for name, module in self.named_children() if isinstance(module, PairHead)]

@@ -24,6 +24,7 @@ from st_dse.integrity import (
     CorruptFileError,
     atomic_save_dir,
     file_sha256,
+    foreign_files,
     read_manifest,
     recover_interrupted_save,
     verify_manifest,
@@ -179,40 +180,66 @@ def test_atomic_save_replaces_the_whole_folder(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(
         os, "rename", lambda source, destination: renames.append(destination) or rename(source, destination)
     )
-    atomic_save_dir(target, lambda folder: _write_version(folder, "A"))
+    atomic_save_dir(target, lambda folder: _write_version(folder, "A"), kind="test")
     assert _version_of(target) == "A"
     assert renames == [target]  # there was no old folder to move aside
-    (target / "stale.txt").write_text("from an earlier save")
-    atomic_save_dir(target, lambda folder: _write_version(folder, "B"))
+    atomic_save_dir(
+        target, lambda folder: _write_version(folder, "A") or (folder / "stale.txt").write_text("A"), kind="test"
+    )
+    renames.clear()
+    atomic_save_dir(target, lambda folder: _write_version(folder, "B"), kind="test")
     assert _version_of(target) == "B"  # the stray file of the old folder did not survive
-    assert renames[1].name.startswith(".model.old-") and renames[2] == target  # old aside, new in, old discarded
+    assert renames[0].name.startswith(".model.old-") and renames[1] == target  # old aside, new in, old discarded
     assert sorted(os.listdir(target.parent)) == ["model"]
 
 
-def test_manifest_option_records_every_written_file(tmp_path: Path) -> None:
+def test_files_st_dse_did_not_write_are_never_replaced(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    atomic_save_dir(target, lambda folder: _write_version(folder, "A"), kind="test")
+    (target / "NOTES.md").write_text("mine")
+    (target / "eval").mkdir()
+    (target / "eval" / "scores.json").write_text("{}")
+    with pytest.raises(FileExistsError, match=r"not part of an st_dse test save \(NOTES.md, eval/scores.json\)"):
+        atomic_save_dir(target, lambda folder: _write_version(folder, "B"), kind="test")
+    with pytest.raises(FileExistsError, match="not part of an st_dse index save"):
+        atomic_save_dir(target, lambda folder: None, kind="index")  # another kind of save
+    (target / "NOTES.md").unlink()
+    (target / "eval" / "scores.json").unlink()
+    with pytest.raises(FileExistsError, match="not part of an st_dse index save"):
+        atomic_save_dir(target, lambda folder: None, kind="index")
+    user_folder = tmp_path / "data"
+    user_folder.mkdir()
+    (user_folder / "train.csv").write_text("a,b")
+    with pytest.raises(FileExistsError, match="train.csv"):
+        atomic_save_dir(user_folder, lambda folder: None, kind="test")
+    assert (user_folder / "train.csv").read_text() == "a,b" and _version_of(target) == "A"
+    assert foreign_files(tmp_path / "missing", "test") == []
+
+
+def test_the_manifest_records_every_written_file(tmp_path: Path) -> None:
     target = tmp_path / "index"
-    atomic_save_dir(target, lambda folder: (folder / "a.npy").write_bytes(b"xyz"), manifest=True)
+    atomic_save_dir(target, lambda folder: (folder / "a.npy").write_bytes(b"xyz"), kind="index")
     assert sorted(read_manifest(target)) == ["a.npy"]
     assert verify_manifest(target) is True
 
 
 def test_failed_write_leaves_the_old_folder_and_no_leftovers(tmp_path: Path) -> None:
     target = tmp_path / "model"
-    atomic_save_dir(target, lambda folder: _write_version(folder, "A"))
+    atomic_save_dir(target, lambda folder: _write_version(folder, "A"), kind="test")
 
     def failing(folder: Path) -> None:
         (folder / "f0.bin").write_bytes(b"half")
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        atomic_save_dir(target, failing)
+        atomic_save_dir(target, failing, kind="test")
     assert _version_of(target) == "A"
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
 def test_failed_rename_puts_the_old_folder_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "model"
-    atomic_save_dir(target, lambda folder: _write_version(folder, "A"))
+    atomic_save_dir(target, lambda folder: _write_version(folder, "A"), kind="test")
     rename = os.rename
 
     def rename_new_folder_fails(source, destination):
@@ -222,7 +249,7 @@ def test_failed_rename_puts_the_old_folder_back(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(os, "rename", rename_new_folder_fails)
     with pytest.raises(OSError, match="device busy"):
-        atomic_save_dir(target, lambda folder: _write_version(folder, "B"))
+        atomic_save_dir(target, lambda folder: _write_version(folder, "B"), kind="test")
     assert _version_of(target) == "A"
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
@@ -230,11 +257,11 @@ def test_failed_rename_puts_the_old_folder_back(tmp_path: Path, monkeypatch: pyt
 def test_refuses_files_and_symlinks(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file, not a folder"):
-        atomic_save_dir(tmp_path / "file", lambda folder: None)
+        atomic_save_dir(tmp_path / "file", lambda folder: None, kind="test")
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     with pytest.raises(ValueError, match="symbolic link"):
-        atomic_save_dir(tmp_path / "link", lambda folder: None)
+        atomic_save_dir(tmp_path / "link", lambda folder: None, kind="test")
 
 
 def test_recovery_restores_old_and_removes_leftovers(tmp_path: Path) -> None:
@@ -297,12 +324,12 @@ if action == "loop":
     print("ready", flush=True)
     while True:
         for tag in "AB":
-            integrity.atomic_save_dir(target, write)
+            integrity.atomic_save_dir(target, write, kind="test")
 for name in ("rename", "mkdir", "unlink", "rmdir"):
     setattr(os, name, traced(name, getattr(os, name)))
 integrity._fsync = traced("fsync", integrity._fsync)
 if action == "save":
-    integrity.atomic_save_dir(target, write)
+    integrity.atomic_save_dir(target, write, kind="test")
 else:
     integrity.recover_interrupted_save(target)
 print("\n".join(steps))
@@ -345,7 +372,7 @@ def test_sigkill_at_every_step_leaves_a_whole_old_or_new_folder(tmp_path: Path) 
         expected = "A" if k >= _placed(first_save, fresh) else None
         assert _state_after_recovery(fresh) == expected, f"killed after {first_save[k]!r}"
         shutil.rmtree(fresh, ignore_errors=True)
-    atomic_save_dir(target, lambda folder: _write_version(folder, "A"))
+    atomic_save_dir(target, lambda folder: _write_version(folder, "A"), kind="test")
     for k in range(len(overwrite)):  # replacing a folder: the old one, or the new one, alternating A and B
         old = _version_of(target)
         new = "A" if old == "B" else "B"
@@ -358,7 +385,7 @@ def test_sigkill_at_every_step_leaves_a_whole_old_or_new_folder(tmp_path: Path) 
 @posix_only
 def test_sigkill_during_recovery_is_recovered(tmp_path: Path) -> None:
     target = tmp_path / "over" / "saved"
-    atomic_save_dir(target, lambda folder: _write_version(folder, "A"))
+    atomic_save_dir(target, lambda folder: _write_version(folder, "A"), kind="test")
     _child("save", tmp_path / "probe" / "saved", "A")
     overwrite = _child("save", tmp_path / "probe" / "saved", "B")
     between_renames = next(i for i, step in enumerate(overwrite) if step.startswith("rename saved .saved.old-"))
@@ -381,7 +408,7 @@ def test_sigkill_during_recovery_is_recovered(tmp_path: Path) -> None:
 @posix_only
 def test_sigkill_at_random_moments(tmp_path: Path) -> None:
     target = tmp_path / "saved"
-    atomic_save_dir(target, lambda folder: _write_version(folder, "A"))
+    atomic_save_dir(target, lambda folder: _write_version(folder, "A"), kind="test")
     rng = random.Random(0)
     seen, interrupted = set(), 0
     for _ in range(15):

@@ -303,7 +303,7 @@ class CandidateIndex:
                 self.prefilter.save(folder)
             (folder / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2))
 
-        atomic_save_dir(path, write, manifest=True)
+        atomic_save_dir(path, write, kind="index")
 
     @classmethod
     def load(

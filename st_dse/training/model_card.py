@@ -249,4 +249,4 @@ def save_student(
         (folder / "dse.json").write_text(json.dumps({"task": task.name, "teacher": teacher, **results}, indent=2))
         (folder / "README.md").write_text(generate_model_card(student) + "\n" + section, encoding="utf-8")
 
-    atomic_save_dir(output_dir, write)
+    atomic_save_dir(output_dir, write, kind="student")

@@ -23,6 +23,7 @@ from transformers import set_seed
 
 from st_dse.data import TaskSpec
 from st_dse.hub import resolve_model_name
+from st_dse.integrity import atomic_save_dir, foreign_files
 from st_dse.losses import DSELoss, check_gold_labels, pack_dse_labels
 from st_dse.student import build_student, head_learning_rate_mapping
 from st_dse.teacher import label_with_teacher
@@ -31,7 +32,6 @@ from st_dse.training.evaluator import PairTaskEvaluator, evaluate_cross_encoder
 from st_dse.training.model_card import describe_training
 
 logger = logging.getLogger(__name__)
-MODEL_MARKERS = ("modules.json", "config.json", "dse.json", "dev_metrics.json", "model.safetensors")
 
 
 def sibling_dir(path: str | os.PathLike, suffix: str) -> Path:
@@ -40,18 +40,25 @@ def sibling_dir(path: str | os.PathLike, suffix: str) -> Path:
     return path.with_name(f"{path.name}-{suffix}")
 
 
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: bool) -> None:
-    """Refuse (FileExistsError) an output folder that holds a model or results, unless ``overwrite`` or ``resume``."""
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: bool, kind: str = "student") -> None:
+    """Refuse (FileExistsError), before any work, an output folder st_dse may not save a ``kind`` into: a file, a
+    folder holding files that are not part of an st_dse save of that kind (never replaced, whatever the flags), or
+    one holding such a save, unless ``overwrite`` or ``resume``."""
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"--output-dir {path} is a file, not a folder: choose another --output-dir.")
-    if overwrite or resume or not path.is_dir() or not any(path.iterdir()):
-        return
-    found = sorted(name for name in MODEL_MARKERS if (path / name).exists()) or sorted(p.name for p in path.iterdir())
-    raise FileExistsError(
-        f"--output-dir {path} already holds a model or results ({', '.join(found[:5])}). Choose another "
-        "--output-dir, pass --overwrite to replace it, or --resume to continue the run that wrote it."
-    )
+    found = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if foreign := foreign_files(path, kind):
+        raise FileExistsError(
+            f"--output-dir {path} holds files that are not part of an st_dse {kind} save ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}); st_dse never replaces them, even with --overwrite. Choose "
+            "another (new or empty) --output-dir, or move those files away."
+        )
+    if found and not (overwrite or resume):
+        raise FileExistsError(
+            f"--output-dir {path} already holds a {kind} ({', '.join(found[:5])}). Choose another --output-dir, pass "
+            "--overwrite to replace it, or --resume to continue the run that wrote it."
+        )
 
 
 def _process_group() -> tuple[int, int]:
@@ -140,11 +147,16 @@ def finetune_teacher(
     args = CrossEncoderTrainingArguments(**settings, learning_rate_mapping=mapping, save_total_limit=1)
     train = train_dataset.select_columns(["sentence1", "sentence2", "label"])
     CrossEncoderTrainer(model=cross_encoder, args=args, train_dataset=train, loss=loss).train(checkpoint)
-    cross_encoder.save(str(output_dir))
-    if eval_dataset is not None:
-        metrics = evaluate_cross_encoder(cross_encoder, task, eval_dataset)
+    metrics = evaluate_cross_encoder(cross_encoder, task, eval_dataset) if eval_dataset is not None else None
+    if metrics is not None:
         logger.info("Teacher dev metrics: %s", metrics)
-        (output_dir / "dev_metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    def write(folder: Path) -> None:
+        cross_encoder.save(str(folder))
+        if metrics is not None:
+            (folder / "dev_metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    atomic_save_dir(output_dir, write, kind="teacher")  # all or nothing: no new weights beside old metrics
     return cross_encoder
 
 

@@ -14,7 +14,7 @@ import torch
 
 from st_dse import build_student
 from st_dse.inference.index import CandidateIndex
-from st_dse.integrity import MANIFEST_NAME, CorruptFileError, read_manifest
+from st_dse.integrity import MANIFEST_NAME, CorruptFileError, read_manifest, write_manifest
 
 pytest.importorskip("faiss", reason="faiss-cpu is not installed: pip install faiss-cpu")
 DIM = 384
@@ -126,7 +126,11 @@ def test_missing_file_is_named(student, saved):
 
 
 def test_save_replaces_the_whole_folder(student, saved, tmp_path):
-    (saved / "stale.txt").write_text("left by hand")
+    (saved / "NOTES.md").write_text("a user's file")
+    with pytest.raises(FileExistsError, match=r"not part of an st_dse index save \(NOTES.md\)"):
+        CandidateIndex(student, _candidates(2), storage_dtype="float16").save(saved)
+    (saved / "NOTES.md").rename(saved / "stale.txt")
+    write_manifest(saved, kind="index")  # now a file of the earlier index, which the next save does not write
     CandidateIndex(student, _candidates(2), storage_dtype="float16").save(saved)
     assert sorted(path.name for path in saved.iterdir()) == sorted(
         ["candidate_index.json", "embeddings.npy", MANIFEST_NAME]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from sentence_transformers import CrossEncoder
 
+from st_dse.integrity import write_manifest
 from tests.conftest import load_recipe
 from tests.test_reliability import build_tiny_encoder
 
@@ -89,11 +90,16 @@ def test_a_run_never_destroys_an_earlier_model_unasked(tmp_path, tiny):
     train.write_text("sentence1,sentence2,label\n" + "".join(f"a {i},b {i},{i % 2}\n" for i in range(6)))
     first = _run(tmp_path, tiny, teacher, train, train)
     saved = tmp_path / "student"
-    (saved / "dev_metrics.json").write_text("{}")  # a file of the earlier model, not of the next one
     before = (saved / "pair_head" / "model.safetensors").read_bytes()
     with pytest.raises(SystemExit, match="--overwrite"):
         _run(tmp_path, tiny, teacher, train, train, "--seed", "7")
     assert (saved / "pair_head" / "model.safetensors").read_bytes() == before  # refused before any work
+    (saved / "NOTES.md").write_text("mine")  # a user's file: never replaced, whatever the flags
+    with pytest.raises(SystemExit, match=r"not part of an st_dse student save \(NOTES.md\).*even with --overwrite"):
+        _run(tmp_path, tiny, teacher, train, train, "--seed", "7", "--overwrite")
+    assert (saved / "NOTES.md").read_text() == "mine"
+    (saved / "NOTES.md").rename(saved / "dev_metrics.json")
+    write_manifest(saved, kind="student")  # now a file of the earlier model, which the next one does not write
     second = _run(tmp_path, tiny, teacher, train, train, "--seed", "7", "--overwrite")
     assert not (saved / "dev_metrics.json").exists()  # nothing of the earlier model stays beside the new one
     assert (saved / "pair_head" / "model.safetensors").read_bytes() != before
