@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
     data, config, run = parse_args(argv, task)
     try:
         check_output_dir(run.output_dir, run.overwrite, run.resume)
+        if not config.teacher:  # the teacher fine-tuned here is saved to OUTPUT_DIR-teacher: refuse a foreign one now
+            check_output_dir(sibling_dir(run.output_dir, "teacher"), True, True, kind="teacher")
     except FileExistsError as error:
         raise SystemExit(f"error: {error}") from None
     timings: dict[str, float] = {}
