@@ -162,6 +162,11 @@ class DSEStudent(SentenceTransformer):
         folder is all or nothing (a run killed at any moment leaves the old model or the new one)."""
         atomic_save_dir(path, lambda folder: self._save_into(str(folder), *args, **kwargs), kind="student")
 
+    def save_pretrained(self, path: str, *args, **kwargs) -> None:
+        """The same files written straight into ``path``: what a trainer's checkpoints use, in folders the trainer
+        owns (it writes its optimizer state beside them). Use :meth:`save` for a model folder."""
+        self._save_into(path, *args, **kwargs)
+
     def _save_into(self, path: str, *args, **kwargs) -> None:
         heads = [(name, module) for name, module in self.named_children() if isinstance(module, PairHead)]
         for name, _ in heads:  # out of the module list while the encoder is saved, so modules.json does not name it
