@@ -55,7 +55,7 @@ def test_head_leaves_encode_unchanged(minilm_path):
     assert model.get_embedding_dimension() == 384
 
 
-def test_build_student_drops_normalize_unless_asked(minilm_path):
+def test_build_student_drops_normalize_unless_asked(minilm_path, tmp_path):
     plain = build_student(minilm_path)
     kept = build_student(minilm_path, keep_normalize=True)
     assert not any(type(module).__name__ == "Normalize" for module in plain)
@@ -64,6 +64,10 @@ def test_build_student_drops_normalize_unless_asked(minilm_path):
     a, b = plain.encode(SENTENCES[:2]), kept.encode(SENTENCES[:2])
     cosine = (a[0] @ a[1]) / np.linalg.norm(a[0]) / np.linalg.norm(a[1])
     np.testing.assert_allclose(cosine, b[0] @ b[1], atol=1e-5)
+    # The saved config names cosine, so tools that read it do not take dot products of unnormalised vectors.
+    plain.save(str(tmp_path / "plain"))
+    saved = json.loads((tmp_path / "plain" / "config_sentence_transformers.json").read_text())
+    assert saved["similarity_fn_name"] == "cosine"
 
 
 @pytest.mark.parametrize("head_type", ["concat", "factorized"])
