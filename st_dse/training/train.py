@@ -107,6 +107,7 @@ def _training_arguments(config: TeacherConfig | DistillConfig, checkpoint_dir: P
     use_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     settings |= {"logging_steps": 50, "seed": config.seed, "report_to": "none", "bf16": config.bf16}
     settings["use_cpu"] = use_cpu
+    settings["dataloader_pin_memory"] = torch.cuda.is_available()  # pinning without CUDA only warns, per process
     return {"output_dir": str(checkpoint_dir), **settings}, checkpoint
 
 
