@@ -7,8 +7,11 @@ candidates scored by both models:
 * ``overlap@k``: the share of the teacher's top k that is also in the student's top k.
 * ``ndcg@k``: the NDCG of the student's top k, with the teacher's scores as gains (shifted per query so that the
   query's lowest-scored candidate has gain 0); 1.0 when the student's top k is the teacher's, in the teacher's order.
+* ``rbo@k``: extrapolated rank-biased overlap (p=0.9) of the two top-k lists; see :func:`rbo`.
 
-Both are averaged over queries. :func:`ranking_grid` builds the grid from a task's dev pairs.
+Each is averaged over queries, with a percentile bootstrap 95% interval over queries (:func:`bootstrap_interval`).
+:func:`cascade_fidelity` scores a cascade (the student shortlists, the teacher re-ranks the shortlist) from the same
+grid. :func:`ranking_grid` builds the grid from a task's dev pairs.
 """
 
 from __future__ import annotations
@@ -68,8 +71,44 @@ def student_grid(
     return logits.cpu().numpy()
 
 
+def rbo(ranking: Sequence, reference: Sequence, p: float = 0.9) -> float:
+    """Extrapolated rank-biased overlap of two rankings of the same depth ``k`` (Webber, Moffat and Zobel, 2010,
+    eq. 32): ``RBO_ext = X_k / k * p**k + (1 - p) / p * sum_{d=1..k} X_d / d * p**d``, where ``X_d`` is the number of
+    items the two top-``d`` prefixes share.
+
+    1.0 for identical lists and 0.0 for disjoint ones at any depth (the truncated sum alone would top out at
+    ``1 - p**k``); ``p`` weighs the top: with p=0.9 the first 10 ranks carry 86% of the weight.
+    """
+    if len(ranking) != len(reference) or not ranking:
+        raise ValueError(f"RBO needs two non-empty rankings of one depth, got {len(ranking)} and {len(reference)}.")
+    seen, seen_reference, shared, total = set(), set(), 0, 0.0
+    for depth, (item, reference_item) in enumerate(zip(ranking, reference), start=1):
+        if item == reference_item:
+            shared += 1
+        else:
+            shared += (item in seen_reference) + (reference_item in seen)
+        seen.add(item)
+        seen_reference.add(reference_item)
+        total += shared / depth * p**depth
+    depth = len(ranking)
+    return float(shared / depth * p**depth + (1 - p) / p * total)
+
+
+def bootstrap_interval(
+    values: Sequence[float], num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> list[float]:
+    """Percentile bootstrap interval ``[low, high]`` of the mean of per-query ``values``, queries resampled with
+    replacement. The fixed ``seed`` draws the same resamples for every list of the same length, so the interval of
+    per-query differences (student - reference) is a paired bootstrap."""
+    values = np.asarray(values, dtype=np.float64)
+    rows = np.random.default_rng(seed).integers(0, len(values), size=(num_resamples, len(values)))
+    means = values[rows].mean(axis=1)
+    tail = (1 - confidence) / 2
+    return [float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))]
+
+
 def ranking_fidelity(student_scores: Any, teacher_scores: Any, k: int = 10, exclude: Any = None) -> dict[str, Any]:
-    """Overlap@k and NDCG@k of the student's ranking against the teacher's, per query and averaged.
+    """Overlap@k, NDCG@k and RBO@k of the student's ranking against the teacher's, per query and averaged.
 
     Args:
         student_scores, teacher_scores: ``(num_queries, num_candidates)`` scores (higher ranks first).
@@ -77,9 +116,67 @@ def ranking_fidelity(student_scores: Any, teacher_scores: Any, k: int = 10, excl
         exclude: optional boolean mask of the same shape; True cells are not ranked (e.g. a query against itself).
 
     Returns:
-        ``{"k", "num_queries", "num_candidates", "overlap_at_k", "ndcg_at_k", "overlap_per_query",
-        "ndcg_per_query"}``.
+        ``{"k", "num_queries", "num_candidates", "overlap_at_k", "ndcg_at_k", "rbo_at_k", "overlap_per_query",
+        "ndcg_per_query", "rbo_per_query", "intervals"}``; ``intervals`` maps each of the three means to its
+        bootstrap 95% interval.
     """
+    student, teacher = _score_grids(student_scores, teacher_scores, k, exclude)
+    overlaps, ndcgs, rbos = [], [], []
+    for student_row, teacher_row in zip(student, teacher):
+        student_top, teacher_top = _top(student_row, k), _top(teacher_row, k)
+        overlaps.append(len(set(student_top) & set(teacher_top)) / k)
+        ndcgs.append(_ndcg(student_top, teacher_row, k))
+        rbos.append(rbo(student_top.tolist(), teacher_top.tolist()))
+    per_query = {"overlap_at_k": overlaps, "ndcg_at_k": ndcgs, "rbo_at_k": rbos}
+    return {
+        "k": k,
+        "num_queries": len(overlaps),
+        "num_candidates": student.shape[1],
+        **{name: float(np.mean(values)) for name, values in per_query.items()},
+        "overlap_per_query": overlaps,
+        "ndcg_per_query": ndcgs,
+        "rbo_per_query": rbos,
+        "intervals": {name: bootstrap_interval(values) for name, values in per_query.items()},
+    }
+
+
+def cascade_fidelity(
+    student_scores: Any, teacher_scores: Any, shortlists: Sequence[int], k: int = 10, exclude: Any = None
+) -> list[dict[str, Any]]:
+    """A cascade per shortlist size ``s``: the student's top ``s`` candidates re-ranked by the teacher's scores (the
+    grid's, so no new teacher calls). ``s`` is capped at the candidates a query has, and repeated sizes dropped.
+
+    Returns one row per size: ``{"shortlist", "teacher_calls_saved" (exhaustive teacher calls / cascade calls),
+    "ndcg_at_k" (NDCG@k of the cascade's top k under the teacher's scores), "teacher_top_k_in_shortlist" (the share
+    of the teacher's exhaustive top k the shortlist holds), their ``*_per_query`` lists and bootstrap "intervals"}``.
+    """
+    student, teacher = _score_grids(student_scores, teacher_scores, k, exclude)
+    rankable = np.isfinite(teacher).sum(axis=1)
+    rows = []
+    for shortlist in sorted({min(int(size), int(rankable.max())) for size in shortlists}):
+        sizes = np.minimum(shortlist, rankable)
+        ndcgs, recalls = [], []
+        for student_row, teacher_row, size in zip(student, teacher, sizes):
+            shortlisted = _top(student_row, size)
+            reranked = shortlisted[_top(teacher_row[shortlisted], min(k, size))]
+            ndcgs.append(_ndcg(reranked, teacher_row, k))
+            recalls.append(len(set(shortlisted) & set(_top(teacher_row, k))) / k)
+        per_query = {"ndcg_at_k": ndcgs, "teacher_top_k_in_shortlist": recalls}
+        rows.append(
+            {
+                "shortlist": shortlist,
+                "teacher_calls_saved": float(rankable.sum() / sizes.sum()),
+                **{name: float(np.mean(values)) for name, values in per_query.items()},
+                "ndcg_per_query": ndcgs,
+                "teacher_top_k_in_shortlist_per_query": recalls,
+                "intervals": {name: bootstrap_interval(values) for name, values in per_query.items()},
+            }
+        )
+    return rows
+
+
+def _score_grids(student_scores: Any, teacher_scores: Any, k: int, exclude: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Both grids as float64 with excluded cells at ``-inf``, after checking their shapes and ``k``."""
     student, teacher = np.asarray(student_scores, dtype=np.float64), np.asarray(teacher_scores, dtype=np.float64)
     if student.ndim != 2 or student.shape != teacher.shape:
         raise ValueError(
@@ -93,26 +190,18 @@ def ranking_fidelity(student_scores: Any, teacher_scores: Any, k: int = 10, excl
     if exclude is not None:
         exclude = np.asarray(exclude, dtype=bool)
         student, teacher = np.where(exclude, -np.inf, student), np.where(exclude, -np.inf, teacher)
-    overlaps, ndcgs = [], []
-    for student_row, teacher_row in zip(student, teacher):
-        ranked = np.isfinite(teacher_row)
-        if ranked.sum() <= k:
-            raise ValueError(f"A query has {ranked.sum()} candidates left to rank; k={k} needs more.")
-        student_top, teacher_top = _top(student_row, k), _top(teacher_row, k)
-        overlaps.append(len(set(student_top) & set(teacher_top)) / k)
-        gains = teacher_row - teacher_row[ranked].min()
-        discounts = 1.0 / np.log2(np.arange(2, k + 2))
-        ideal = float((gains[teacher_top] * discounts).sum())
-        ndcgs.append(float((gains[student_top] * discounts).sum()) / ideal if ideal > 0 else 1.0)
-    return {
-        "k": k,
-        "num_queries": len(overlaps),
-        "num_candidates": student.shape[1],
-        "overlap_at_k": float(np.mean(overlaps)),
-        "ndcg_at_k": float(np.mean(ndcgs)),
-        "overlap_per_query": overlaps,
-        "ndcg_per_query": ndcgs,
-    }
+    rankable = np.isfinite(teacher).sum(axis=1)
+    if rankable.min() <= k:
+        raise ValueError(f"A query has {rankable.min()} candidates left to rank; k={k} needs more.")
+    return student, teacher
+
+
+def _ndcg(ranked: np.ndarray, teacher_row: np.ndarray, k: int) -> float:
+    """NDCG@k of the candidates ``ranked`` (best first, at most k), the teacher's shifted scores as gains."""
+    gains = teacher_row - teacher_row[np.isfinite(teacher_row)].min()
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = float((gains[_top(teacher_row, k)] * discounts).sum())
+    return float((gains[ranked] * discounts[: len(ranked)]).sum()) / ideal if ideal > 0 else 1.0
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

@@ -21,10 +21,21 @@ from st_dse.student import get_pair_head, load_student
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DSEReranker"]
+__all__ = ["DSEReranker", "check_rank_arguments"]
 
 # Pairs scored by the head at a time: bounds the (pairs, 4 * dim) input of the concat head.
 HEAD_CHUNK_SIZE = 8192
+
+
+def check_rank_arguments(documents: Sequence[str], top_k: int | None) -> None:
+    """The checks every ``rank()`` makes before scoring: a ValueError that names the wrong argument.
+
+    An empty list of documents is allowed and ranks to ``[]``, as in CrossEncoder.rank.
+    """
+    if isinstance(documents, str):
+        raise ValueError("documents is a single string; pass a list of texts, e.g. [document] for one document.")
+    if top_k is not None:
+        int_at_least("top_k", top_k)
 
 
 class DSEReranker:
@@ -190,6 +201,7 @@ class DSEReranker:
         Cached document embeddings are reused, so ranking the same candidates for many queries costs one query
         encode plus the head per call. Like CrossEncoder.rank, it needs a one-logit head.
         """
+        check_rank_arguments(documents, top_k)
         if self.num_labels != 1:
             raise ValueError(
                 f"DSEReranker.rank() only works for heads with num_labels=1 (like CrossEncoder.rank), but this head "
