@@ -1,8 +1,9 @@
 """sentence-transformers' own CrossEncoder predict / rank / save / push tests, run on a DSEReranker.
 
-Adapted from sentence-transformers' tests/cross_encoder/test_model.py: each test keeps the upstream name, with a
-DSEReranker built from a random-head student in place of a pretrained CrossEncoder (so expected rankings are checked
-against ``predict`` rather than against a pretrained model's order).
+Adapted from sentence-transformers' tests/cross_encoder/test_model.py: each test keeps the upstream name
+(test_max_length adapts test_bge_reranker_max_length), with a DSEReranker built from a random-head student in place
+of a pretrained CrossEncoder (so expected rankings are checked against ``predict`` rather than against a pretrained
+model's order).
 """
 
 from __future__ import annotations
