@@ -11,7 +11,7 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 from st_dse.checks import int_at_least
 from st_dse.fingerprint import model_fingerprint
 from st_dse.inference.index import CandidateIndex
-from st_dse.inference.reranker import DSEReranker, check_rank_arguments
+from st_dse.inference.reranker import DSEReranker, check_rank_inputs
 
 __all__ = ["CascadeReranker"]
 
@@ -101,7 +101,7 @@ class CascadeReranker:
         ``device``, ``pool`` and ``chunk_size`` go to the teacher; the student shortlists by its raw logits with its
         default prompts.
         """
-        check_rank_arguments(documents, top_k)
+        check_rank_inputs(query, documents, top_k)
         options = {"batch_size": batch_size, "show_progress_bar": show_progress_bar}
         identity = torch.nn.Identity()  # raw logits: a saturated sigmoid would tie the student's best documents
         hits = self.student_reranker.rank(query, documents, top_k=self.shortlist, activation_fn=identity, **options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -17,30 +18,35 @@ from torch import Tensor, nn
 from st_dse.checks import int_at_least
 from st_dse.data import check_pairs
 from st_dse.inference.scoring import encode_unique
-from st_dse.student import get_pair_head, load_student
+from st_dse.student import DSEStudent, get_pair_head, load_student
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DSEReranker", "check_rank_arguments"]
+__all__ = ["DSEReranker", "check_rank_inputs"]
 
 # Pairs scored by the head at a time: bounds the (pairs, 4 * dim) input of the concat head.
 HEAD_CHUNK_SIZE = 8192
 
 
-def check_rank_arguments(documents: Sequence[str], top_k: int | None) -> None:
-    """The checks every ``rank()`` makes before scoring: a ValueError that names the wrong argument.
-
-    An empty list of documents is allowed and ranks to ``[]``, as in CrossEncoder.rank.
-    """
+def check_rank_inputs(query: str, documents: Sequence[str], top_k: int | None) -> None:
+    """Refuse ``rank`` arguments that CrossEncoder would misread: several queries, documents given as one string
+    (ranked as its characters) and a ``top_k`` that is not a positive integer. An empty ``documents`` list is valid
+    (nothing to rank, as CrossEncoder.rank returns ``[]``); the texts themselves are checked when they are scored."""
+    if not isinstance(query, str):
+        raise TypeError(f"query must be one text (a string), got a {type(query).__name__}; call rank once per query.")
     if isinstance(documents, str):
-        raise ValueError("documents is a single string; pass a list of texts, e.g. [document] for one document.")
+        raise TypeError(
+            f"documents must be a list of texts, got a single string ({documents[:50]!r}); pass [documents] to rank "
+            "one document."
+        )
     if top_k is not None:
         int_at_least("top_k", top_k)
 
 
 class DSEReranker:
     """A DSE student with CrossEncoder's ``predict`` and ``rank``: code written for a cross-encoder reranker runs
-    unchanged on the (much faster) student.
+    unchanged on the (much faster) student, and so do sentence-transformers' CrossEncoder evaluators. ``save``,
+    ``push_to_hub``, ``to``, ``device``, ``tokenizer``, ``config`` and ``model_card_data`` are the student's.
 
     Scores are the head's logits passed through ``activation_fn`` (as in CrossEncoder: Sigmoid for a one-logit binary
     head, else Identity). Document embeddings (each pair's second text) are kept in an LRU cache keyed by text: call
@@ -73,8 +79,69 @@ class DSEReranker:
         return nn.Identity()
 
     @property
+    def default_activation_function(self) -> Callable:
+        """CrossEncoder's deprecated name of :attr:`activation_fn`."""
+        message = "The `default_activation_function` property was renamed `activation_fn`, as in CrossEncoder."
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        return self.activation_fn
+
+    @property
     def num_labels(self) -> int:
         return self.head.num_labels
+
+    # What sentence-transformers' evaluators, trainers and hub code read from a CrossEncoder: the student's own.
+    @property
+    def model_card_data(self):
+        """The student's model card data: evaluators record their metrics there, and the student's save writes them."""
+        return self.model.model_card_data
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def config(self):
+        """The transformers config of the student's encoder."""
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def to(self, *args, **kwargs) -> DSEReranker:
+        """Move or cast the student, as :meth:`torch.nn.Module.to`, and return this reranker. The document cache is
+        cleared: its embeddings keep the old device and dtype."""
+        self.model.to(*args, **kwargs)
+        self.clear_cache()
+        return self
+
+    def save(self, path: str, *args, **kwargs) -> None:
+        """Save the student (encoder and head) with :meth:`st_dse.DSEStudent.save`: all or nothing, loaded again by
+        :meth:`from_pretrained` or :func:`st_dse.load_student`. Other arguments are those of ``DSEStudent.save``.
+        The activation is not saved: a loaded reranker picks it from the head, unless ``activation_fn`` is given."""
+        self._saving_student().save(path, *args, **kwargs)
+
+    def save_pretrained(self, path: str, *args, **kwargs) -> None:
+        """The same as :meth:`save` (CrossEncoder's alias); no trainer writes a reranker's checkpoints."""
+        self.save(path, *args, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *args, **kwargs) -> str:
+        """Upload the student (encoder and head) with its ``push_to_hub``; arguments are those of
+        :meth:`SentenceTransformer.push_to_hub`."""
+        return self._saving_student().push_to_hub(repo_id, *args, **kwargs)
+
+    def _saving_student(self) -> DSEStudent:
+        # A plain SentenceTransformer would save the head inside modules.json, which SentenceTransformer(path) refuses.
+        if not isinstance(self.model, DSEStudent):
+            raise TypeError(
+                f"DSEReranker can save only a DSEStudent, got a {type(self.model).__name__}: build the student with "
+                "st_dse.build_student or load it with st_dse.load_student, which save the head beside the encoder."
+            )
+        return self.model
+
+    def evaluate(self, evaluator: Callable, output_path: str | None = None) -> dict[str, float] | float:
+        """Run a sentence-transformers CrossEncoder evaluator on this reranker, as :meth:`CrossEncoder.evaluate`."""
+        return evaluator(self, output_path)
 
     @property
     def max_length(self) -> int | None:
@@ -201,7 +268,7 @@ class DSEReranker:
         Cached document embeddings are reused, so ranking the same candidates for many queries costs one query
         encode plus the head per call. Like CrossEncoder.rank, it needs a one-logit head.
         """
-        check_rank_arguments(documents, top_k)
+        check_rank_inputs(query, documents, top_k)
         if self.num_labels != 1:
             raise ValueError(
                 f"DSEReranker.rank() only works for heads with num_labels=1 (like CrossEncoder.rank), but this head "

@@ -83,9 +83,9 @@ def test_search_over_fixed_candidates_matches_rank_and_batches_the_teacher(model
 def test_bad_arguments_are_refused_with_the_reason(models):
     student, teacher = models
     cascade = CascadeReranker(student, teacher, shortlist=3)
-    with pytest.raises(ValueError, match="single string"):
+    with pytest.raises(TypeError, match="single string"):
         cascade.rank(QUERY, DOCUMENTS[0])
-    with pytest.raises(ValueError, match="single string"):
+    with pytest.raises(TypeError, match="single string"):
         DSEReranker(student).rank(QUERY, DOCUMENTS[0])
     for top_k in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="top_k must be a positive integer"):
