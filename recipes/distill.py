@@ -5,6 +5,8 @@ Usage:
     python recipes/distill.py --task mrpc --data-dir DATA --output-dir runs/mrpc
     python recipes/distill.py --task stsb --teacher runs/stsb-teacher --output-dir runs/stsb
     python recipes/distill.py --task mrpc --distillation-weight 0 --output-dir runs/mrpc-gold   # gold-only baseline
+    # Also distil the teacher's ranking of 1000 training sentences' lists of 32 candidates (listwise KL).
+    python recipes/distill.py --task mrpc --ranking-weight 1 --list-size 32 --ranking-queries 1000 --output-dir out
 
     # Your own teacher and pairs (CSV, TSV, JSONL or Parquet; the label column is optional).
     python recipes/distill.py --teacher cross-encoder/quora-distilroberta-base --train-file my.csv --output-dir out
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from sentence_transformers import CrossEncoder
 
-from st_dse.data import augment_pairs, get_task, with_augmented
+from st_dse.data import augment_pairs, candidate_lists, get_task, list_labels, list_pairs, with_augmented
 from st_dse.data.pair_files import HubUnreachableError
 from st_dse.data.sources import DataConfig, load_pairs
 from st_dse.hub import resolve_model_name
@@ -92,6 +94,18 @@ def label_training_pairs(teacher, config: DistillConfig, train, timings: dict):
     return train
 
 
+def label_candidate_lists(teacher, config: DistillConfig, train, timings: dict):
+    """Candidate lists of training sentences for the ranking term, every (query, candidate) pair teacher-labelled."""
+    start = time.perf_counter()
+    lists = candidate_lists(train, load_model(config.student), config.list_size, config.ranking_queries, config.seed)
+    options = {"batch_size": config.label_batch_size, "cache_dir": config.cache_dir}
+    pairs = label_across_ranks(teacher, list_pairs(lists), **options)
+    timings["candidate_labelling"] = time.perf_counter() - start
+    message = "Ranking term: %d lists, %d teacher-labelled (query, candidate) pairs, %.1f s"
+    logger.info(message, len(lists), len(pairs), timings["candidate_labelling"])
+    return lists.add_column("label", list_labels(pairs["teacher_logits"], len(lists)))
+
+
 def dev_report(student, teacher, task, dev, config: DistillConfig, metrics: dict) -> dict | None:
     """Student against teacher on the dev pairs (and both against gold where the dev pairs have labels)."""
     if dev is None:
@@ -141,13 +155,17 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
             logger.info("The training pairs carry no gold labels: the student learns from the teacher alone.")
             config.distillation_weight = 1.0
 
-    # 2. Teacher: given, found beside the output folder, or fine-tuned now; then label the training pairs.
+    # 2. Teacher: given, found beside the output folder, or fine-tuned now; then label the training pairs (and the
+    #    candidate lists of the ranking term).
     if config.distillation_weight > 0:
         start = time.perf_counter()
         if teacher is None:
             teacher, teacher_name = load_or_train_teacher(config, run, task, train, dev)
         timings["teacher"] = time.perf_counter() - start
         train = label_training_pairs(teacher, config, train, timings)
+    lists = None  # the ranking term's candidate lists, labelled by the teacher (a config check ensures one)
+    if config.ranking_weight > 0:
+        lists = label_candidate_lists(teacher, config, train, timings)
 
     # 3. Train the student with DSELoss, evaluating on dev each epoch and keeping the best checkpoint.
     start = time.perf_counter()
@@ -156,7 +174,7 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
         dev_with_gold = dev.filter(lambda row: row["label"] is not None)
         dev_with_gold = dev_with_gold if len(dev_with_gold) else None
     checkpoints = sibling_dir(run.output_dir, "checkpoints")
-    student = distill_student(task, train, dev_with_gold, checkpoints, config, resume=run.resume)
+    student = distill_student(task, train, dev_with_gold, checkpoints, config, resume=run.resume, ranking_lists=lists)
     timings["student"] = time.perf_counter() - start
 
     # 4. Evaluate the student against the teacher and the gold labels; save it with its head, card and summary.

@@ -129,7 +129,8 @@ def head_learning_rate_mapping(model: SentenceTransformer, learning_rate: float)
     fresh head needs about 1e-3, the pretrained encoder 2e-5 to 5e-5)."""
     head = get_pair_head(model)
     name = next(name for name, module in model.named_modules() if module is head)
-    return {rf"^(model\.)?{re.escape(name)}\.": learning_rate}  # the trainer names parameters through the loss
+    # The trainer names parameters through the loss (model.2.…), or a dict of losses through its key (pairs.model.2.…).
+    return {rf"^(\w+\.)?(model\.)?{re.escape(name)}\.": learning_rate}
 
 
 class DSEStudent(SentenceTransformer):

@@ -101,14 +101,27 @@ class DistillConfig:
     augment_strategies: list[str] = field(
         default_factory=lambda: list(STRATEGIES), metadata={"help": f"augmentation strategies, of {list(STRATEGIES)}"}
     )
+    ranking_weight: float = _option(
+        0.0, "weight of the listwise ranking term on teacher-labelled candidate lists (0: off)"
+    )
+    list_size: int = _option(32, "candidates per list for the ranking term")
+    ranking_queries: int = _option(1000, "training sentences used as queries of candidate lists")
+    temperature: float = _option(1.0, "softmax temperature of the ranking term")
     seed: int = _option(42, "random seed")
     cache_dir: str | None = _option(None, CACHE_HELP)
 
     def __post_init__(self) -> None:
         ints = ("teacher_epochs", "epochs", "batch_size", "label_batch_size", "hidden_dim", "max_seq_length")
-        _check_ints(self, (*ints, "pooling_layers"))
-        for name in ("lr", "head_lr", "teacher_logit_scale"):
+        _check_ints(self, (*ints, "pooling_layers", "ranking_queries"))
+        int_at_least("--list-size", self.list_size, 2)  # a softmax over one candidate has nothing to rank
+        for name in ("lr", "head_lr", "teacher_logit_scale", "temperature"):
             check_number(name, getattr(self, name))
+        check_number("ranking_weight", self.ranking_weight, above_low=False)
+        if self.ranking_weight > 0 and self.distillation_weight == 0:
+            raise ValueError(
+                "--ranking-weight distils the teacher's ranking; a gold-only run (--distillation-weight 0) has no "
+                "teacher. Drop --ranking-weight, or give the run a teacher (--distillation-weight > 0)."
+            )
         check_number("distillation_weight", self.distillation_weight, 0.0, 1.0, above_low=False)
         check_number("warmup_ratio", self.warmup_ratio, 0.0, 1.0, above_low=False)
         check_number("augment", self.augment, above_low=False)

@@ -24,7 +24,7 @@ from transformers import set_seed
 from st_dse.data import TaskSpec
 from st_dse.hub import resolve_model_name
 from st_dse.integrity import atomic_save_dir, foreign_files
-from st_dse.losses import DSELoss, check_gold_labels, pack_dse_labels
+from st_dse.losses import DSELoss, ListwiseDistillLoss, check_gold_labels, pack_dse_labels, ranking_label_index
 from st_dse.student import build_student, head_learning_rate_mapping
 from st_dse.teacher import label_with_teacher
 from st_dse.training.config import DistillConfig, TeacherConfig
@@ -178,16 +178,26 @@ def distill_student(
     checkpoint_dir: str | os.PathLike,
     config: DistillConfig | None = None,
     resume: bool = False,
+    ranking_lists: datasets.Dataset | None = None,
 ) -> SentenceTransformer:
     """Train a DSE student on teacher-labelled pairs (``teacher_logits`` column) and return it, best checkpoint loaded.
 
     Checkpoints go to ``checkpoint_dir`` (outside the folder the student is saved to). With
     ``config.distillation_weight=0`` this is the gold-only baseline and needs no ``teacher_logits`` column. Rows
     whose gold label is None train on the teacher's logits alone. Gold labels that do not fit ``task`` are refused.
+
+    With ``config.ranking_weight > 0``, ``ranking_lists`` (query, candidates and their teacher logits, see
+    :mod:`st_dse.data.candidates`) train the same student with :class:`~st_dse.losses.ListwiseDistillLoss`, their
+    batches drawn among the pairs' in proportion to their number.
     """
     config = config or DistillConfig()
     if len(train_dataset) == 0:
         raise ValueError("The dataset has no rows: there is nothing to train on. Check the data source.")
+    if config.ranking_weight > 0 and ranking_lists is None:
+        raise ValueError(
+            "ranking_weight > 0 trains on candidate lists, but none were given: build them with "
+            "st_dse.data.candidate_lists, label them with the teacher, and pass ranking_lists=..."
+        )
     has_gold = "label" in train_dataset.column_names
     if has_gold:
         check_gold_labels(train_dataset["label"], task.problem_type, task.num_labels)
@@ -223,6 +233,9 @@ def distill_student(
         learning_rate_mapping=head_learning_rate_mapping(student, config.head_lr),
     )
     loss = DSELoss(student, config.distillation_weight, config.symmetric, config.teacher_logit_scale)
+    if config.ranking_weight > 0:
+        ranking = ListwiseDistillLoss(student, config.ranking_weight, config.temperature, ranking_label_index(task))
+        train, loss = datasets.DatasetDict(pairs=train, lists=ranking_lists), {"pairs": loss, "lists": ranking}
     trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train, loss=loss, evaluator=evaluator)
     trainer.train(resume_from_checkpoint=checkpoint)
     return student
