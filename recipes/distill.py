@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
         check_output_dir(run.output_dir, run.overwrite, run.resume)
         if not config.teacher:  # the teacher fine-tuned here is saved to OUTPUT_DIR-teacher: refuse a foreign one now
             check_output_dir(sibling_dir(run.output_dir, "teacher"), True, True, kind="teacher")
-    except FileExistsError as error:
+        for name in (config.student, config.teacher or config.teacher_base):  # loadable now, not after the data
+            resolve_model_name(name)
+    except (FileExistsError, HubUnreachableError) as error:
         raise SystemExit(f"error: {error}") from None
     timings: dict[str, float] = {}
     metrics: dict[str, dict] = {}
