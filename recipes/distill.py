@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
         "agreement": report,
         "timings_s": timings,
     }
-    save_student(student, run.output_dir, task, teacher_name, results)
+    save_student(student, run.output_dir, task, teacher_name, results, model_id=run.push_to_hub)
     if run.push_to_hub:
         # The saved folder as it is (card, head, dse.json); nothing from beside it (teacher, checkpoints).
         student.push_to_hub(run.push_to_hub, local_model_path=run.output_dir, exist_ok=True)
