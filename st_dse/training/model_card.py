@@ -148,11 +148,11 @@ class DSEModelCardData(SentenceTransformerModelCardData):
         formatted = super().format_eval_metrics()
         # sentence-transformers files a result under its evaluator's description ("pair-task" for st_dse's), which
         # the Hub does not know: file the dev metrics under the task's Hub type and the data they were measured on.
-        task = {"type": self.pair_task_type, "name": (self.pair_task_type or "").replace("-", " ").title()}
+        name = (self.pair_task_type or "").replace("-", " ").title()
         for entry in formatted.get("model-index") or []:
             for result in entry.get("results", []):
                 if self.pair_task_type and result.get("task", {}).get("type") == "pair-task":
-                    result["task"] = task
+                    result["task"] = {"type": self.pair_task_type, "name": name}  # one dict each: no YAML aliases
                     result["dataset"] = {**result.get("dataset", {}), **self.dev_dataset}
         return formatted
 
