@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
         check_output_dir(run.output_dir, run.overwrite, run.resume)
         if not config.teacher:  # the teacher fine-tuned here is saved to OUTPUT_DIR-teacher: refuse a foreign one now
             check_output_dir(sibling_dir(run.output_dir, "teacher"), True, True, kind="teacher")
-    except FileExistsError as error:
+        for name in (config.student, config.teacher or config.teacher_base):  # loadable now, not after the data
+            resolve_model_name(name)
+    except (FileExistsError, HubUnreachableError) as error:
         raise SystemExit(f"error: {error}") from None
     timings: dict[str, float] = {}
     metrics: dict[str, dict] = {}
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
         "agreement": report,
         "timings_s": timings,
     }
-    save_student(student, run.output_dir, task, teacher_name, results)
+    save_student(student, run.output_dir, task, teacher_name, results, model_id=run.push_to_hub)
     if run.push_to_hub:
         # The saved folder as it is (card, head, dse.json); nothing from beside it (teacher, checkpoints).
         student.push_to_hub(run.push_to_hub, local_model_path=run.output_dir, exist_ok=True)

@@ -17,6 +17,7 @@ import time
 
 from st_dse.data.pair_files import HubUnreachableError
 from st_dse.data.sources import DataConfig, load_pairs
+from st_dse.hub import resolve_model_name
 from st_dse.training import finetune_teacher
 from st_dse.training.config import RunConfig, TeacherConfig, parse_config
 from st_dse.training.train import check_output_dir
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     data, config, run = parse_config((DataConfig, TeacherConfig, RunConfig), argv, description=__doc__)
     try:
         check_output_dir(run.output_dir, run.overwrite, run.resume, kind="teacher")
+        resolve_model_name(config.base_model)  # loadable now, not after the data
         # 1. Load the train and dev pairs; the task's shape comes from the registry or from the gold labels.
         task, train, dev = load_pairs(data)
     except (FileExistsError, FileNotFoundError, HubUnreachableError, ValueError) as error:

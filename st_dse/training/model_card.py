@@ -6,7 +6,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,12 @@ from st_dse.integrity import atomic_save_dir
 from st_dse.losses import DSE_CITATION
 from st_dse.student import get_pair_head
 
-# The card's snippets load the model from this placeholder; replace it with the folder's path or its Hub id.
+# The card's snippets load a model saved to an absolute path from this placeholder (a path of this machine would
+# mean nothing elsewhere); replace it with the folder's path.
 MODEL_PATH_PLACEHOLDER = "path/to/this/model"
+# The Hub's task types (model-index) for the PairHead's problem types.
+CLASSIFICATION, SIMILARITY = "text-classification", "sentence-similarity"
+HUB_TASK_TYPES = {"binary": CLASSIFICATION, "multiclass": CLASSIFICATION, "regression": SIMILARITY}
 USAGE_PAIRS = (
     ["A man is playing a guitar.", "A dog runs through the park."],
     ["Someone plays a guitar.", "A cat sleeps on the sofa."],
@@ -84,12 +88,26 @@ print(scores)
 {% for line in scores %}# {{ line }}
 {% endfor %}```
 
-{% if model == placeholder %}Replace `{{ placeholder }}` with this model's folder or Hub id. {% endif %}\
+{% if model == placeholder %}Replace `{{ placeholder }}` with this model's folder. {% endif %}\
 `score_pairs` gives {% if head.problem_type == "regression" %}one score per pair, on the scale of the task's gold \
 scores (what the teacher predicts){% else %}{% if head.problem_type == "binary" %}one logit per pair, class 1\
 {% if label_names | length == 2 %} (`{{ label_names[1] }}`){% endif %} when it is above 0{% else %}\
 {{ head.num_labels }} logits per pair{% if label_names %}, in the order `{{ label_names | join("`, `") }}`{% endif %}\
 {% endif %}; pass `output="probabilities"` or `output="labels"` for those instead{% endif %}.
+{% if head.num_labels == 1 %}
+### Reranking with st_dse
+
+`DSEReranker` has CrossEncoder's `predict` and `rank`, so reranking code written for a cross-encoder runs on this \
+model (each document is encoded once, then cached):
+
+```python
+import st_dse
+
+reranker = st_dse.DSEReranker.from_pretrained("{{ model }}")
+ranking = reranker.rank("A man is playing a guitar.", ["Someone plays a guitar.", "A cat sleeps on the sofa."])
+print(ranking)
+```
+{% endif %}
 """,
     keep_trailing_newline=True,
 )
@@ -98,10 +116,21 @@ DSE_SECTION.globals.update(pairs=USAGE_PAIRS, placeholder=MODEL_PATH_PLACEHOLDER
 
 @dataclass
 class DSEModelCardData(SentenceTransformerModelCardData):
-    """sentence-transformers' card data for a DSE student: sample tables without the packed DSE labels, and a usage
-    snippet that loads the card's ``model_id`` or ``"path/to/this/model"``."""
+    """sentence-transformers' card data for a DSE student: sample tables without the packed DSE labels, dev metrics
+    filed under the pair task's Hub type and data, and a usage snippet that loads the card's ``model_id``, else
+    ``model_path``, else ``"path/to/this/model"``.
+
+    Args:
+        packed_labels: Whether the training pairs' labels packed the teacher's logits (set from the data).
+        model_path: How the snippets load a model with no ``model_id``: its folder, as the user named it.
+        pair_task_type: The Hub task type of the head's task (``"text-classification"``, ``"sentence-similarity"``).
+        dev_dataset: The model-index ``dataset`` of the dev metrics (``name``, ``type``, ``config``, ``split``).
+    """
 
     packed_labels: bool = False
+    model_path: str | None = None
+    pair_task_type: str | None = None
+    dev_dataset: dict[str, str] = field(default_factory=dict)
 
     def compute_dataset_metrics(self, dataset, dataset_info, loss, router_mapping=None):
         if isinstance(dataset, datasets.Dataset) and len(dataset):
@@ -111,8 +140,21 @@ class DSEModelCardData(SentenceTransformerModelCardData):
         return super().compute_dataset_metrics(dataset, dataset_info, loss, router_mapping)
 
     def generate_usage_snippet(self) -> str:
-        snippet = super().generate_usage_snippet()
-        return snippet.replace('"sentence_transformers_model_id"', f'"{self.model_id or MODEL_PATH_PLACEHOLDER}"')
+        # sentence-transformers writes this name where the card has no model_id; its hook to change it is private.
+        model = self.model_id or self.model_path or MODEL_PATH_PLACEHOLDER
+        return super().generate_usage_snippet().replace('"sentence_transformers_model_id"', f'"{model}"')
+
+    def format_eval_metrics(self) -> dict[str, Any]:
+        formatted = super().format_eval_metrics()
+        # sentence-transformers files a result under its evaluator's description ("pair-task" for st_dse's), which
+        # the Hub does not know: file the dev metrics under the task's Hub type and the data they were measured on.
+        name = (self.pair_task_type or "").replace("-", " ").title()
+        for entry in formatted.get("model-index") or []:
+            for result in entry.get("results", []):
+                if self.pair_task_type and result.get("task", {}).get("type") == "pair-task":
+                    result["task"] = {"type": self.pair_task_type, "name": name}  # one dict each: no YAML aliases
+                    result["dataset"] = {**result.get("dataset", {}), **self.dev_dataset}
+        return formatted
 
 
 def hub_model_id(name_or_path: str | os.PathLike | None) -> str | None:
@@ -143,12 +185,16 @@ def model_display_name(name_or_path: str | os.PathLike | None) -> str | None:
     return hub_model_id(name_or_path) or Path(os.fspath(name_or_path)).expanduser().resolve().name
 
 
-def _model_link(name_or_path: str) -> str:
+def _linkable_hub_id(name_or_path: str | None) -> str | None:
     hub_id = hub_model_id(name_or_path)
-    if hub_id is None:
-        return f"`{model_display_name(name_or_path)}` (a local model folder)"
-    link = f"[{hub_id}](https://huggingface.co/{hub_id})"
-    return link if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", hub_id) else f"`{hub_id}`"
+    return hub_id if hub_id and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", hub_id) else None
+
+
+def _model_link(name_or_path: str) -> str:
+    if hub_id := _linkable_hub_id(name_or_path):
+        return f"[{hub_id}](https://huggingface.co/{hub_id})"
+    hub_id = hub_model_id(name_or_path)
+    return f"`{hub_id}`" if hub_id else f"`{model_display_name(name_or_path)}` (a local model folder)"
 
 
 def training_data_name(task: TaskSpec, settings: Mapping[str, Any] | None = None) -> str:
@@ -158,6 +204,27 @@ def training_data_name(task: TaskSpec, settings: Mapping[str, Any] | None = None
         return Path(settings["train_file"]).name
     config = settings.get("dataset_config")
     return f"{settings['dataset']}{f' ({config})' if config else ''}" if settings.get("dataset") else task.name
+
+
+def training_dataset(task: TaskSpec, settings: Mapping[str, Any] | None = None) -> tuple[str | None, str | None]:
+    """The training data's Hub dataset id and configuration: ``--dataset``'s, else the registered task's (its local
+    files hold the same data), ``(None, None)`` for your own files or a task that is not on the Hub."""
+    settings = settings or {}
+    if settings.get("train_file"):
+        return None, None
+    if settings.get("dataset"):
+        return settings["dataset"], settings.get("dataset_config")
+    benchmark = task.benchmark
+    return (benchmark.hub_dataset, benchmark.hub_config) if benchmark and benchmark.hub_dataset else (None, None)
+
+
+def _dev_dataset(task: TaskSpec, settings: Mapping[str, Any]) -> dict[str, str]:
+    if settings.get("dev_file"):
+        return {"name": Path(settings["dev_file"]).name, "type": task.name}
+    dataset_id, config = training_dataset(task, settings)
+    split = settings.get("dev_split") if settings.get("dataset") else task.benchmark and task.benchmark.dev_split
+    dataset = {"name": f"{settings.get('dataset') or task.name} {split or 'dev'}", "type": dataset_id or task.name}
+    return {**dataset, **({"config": config} if config else {}), **({"split": split} if split else {})}
 
 
 def describe_training(student: SentenceTransformer, task: TaskSpec, base_model=None, data_name=None) -> None:
@@ -179,6 +246,8 @@ def describe_training(student: SentenceTransformer, task: TaskSpec, base_model=N
         card.base_model = hub_model_id(base_model) or hub_model_id(encoder.config.name_or_path if encoder else None)
     name = data_name or task.name
     card.model_name = f"DSE student for {name}"
+    card.pair_task_type = HUB_TASK_TYPES[task.problem_type]
+    card.dev_dataset = card.dev_dataset or _dev_dataset(task, {})
     if len(card.train_datasets) <= 1:
         card.train_datasets = [{**(card.train_datasets or [{}])[0], "name": name}]
 
@@ -192,10 +261,12 @@ def save_student(
     *,
     license: str = "apache-2.0",  # noqa: A002 -- the model card's field name
     language: str | Sequence[str] = "en",
+    model_id: str | None = None,
 ) -> None:
     """Save the student with its model card and a ``dse.json`` (task, teacher, metrics), all or nothing.
 
-    The card's snippets load ``"path/to/this/model"`` (or the card's ``model_id``); put the folder's path in its place.
+    The card's snippets load the model by ``model_id`` (the Hub id it is pushed to), else by ``output_dir`` when that
+    is a relative path, else from ``"path/to/this/model"``: a path of this machine would mean nothing elsewhere.
 
     Args:
         student: The trained student (a SentenceTransformer with a PairHead).
@@ -206,6 +277,7 @@ def save_student(
             ``student_base`` and ``settings`` (``train_file``, ``dev_file``, ``dataset``: names of your own data).
         license: The model's license, e.g. ``"apache-2.0"``.
         language: The language code(s) of the model, e.g. ``"en"``.
+        model_id: The Hub id the saved folder is pushed to, e.g. ``"my-org/mrpc-dse-student"``.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return  # under torchrun every rank holds the same model; one writer avoids racing on the same files
@@ -213,6 +285,18 @@ def save_student(
     settings = results.get("settings") or {}
     describe_training(student, task, results.get("student_base"), training_data_name(task, settings))
     card = student.model_card_data
+    if model_id:
+        card.set_model_id(model_id)
+    card.model_path = None if Path(output_dir).is_absolute() else Path(output_dir).as_posix()
+    card.dev_dataset = _dev_dataset(task, settings)
+    # Hub metadata: where the training data and the teacher come from (a tag, as the Hub has no teacher field).
+    dataset_id, _ = training_dataset(task, settings)
+    if dataset_id and dataset_id not in card.datasets:
+        card.datasets.append(dataset_id)
+    for info in card.train_datasets if dataset_id else ():
+        info.setdefault("id", dataset_id)
+    teacher_id = _linkable_hub_id(teacher)
+    card.add_tags(["st_dse", f"teacher:{teacher_id}"] if teacher_id else "st_dse")
     # An entry the trainer never filled in (a student saved untrained) breaks sentence-transformers' card template.
     card.train_datasets = [info for info in card.train_datasets if "columns" in info]
     card.set_license(license)
@@ -223,10 +307,6 @@ def save_student(
     names = [name for name in task.metrics if any(name in values for values in metrics.values())]
     names += sorted({name for values in metrics.values() for name in values} - set(names) - {"main"})
     data = training_data_name(task, settings)
-    dev_data = f"{task.name} {task.benchmark.dev_split if task.benchmark else 'dev'}"
-    if settings.get("dev_file") or settings.get("dataset"):
-        dev_data = settings.get("dev_file") and Path(settings["dev_file"]).name
-        dev_data = dev_data or f"{settings['dataset']} {settings.get('dev_split') or 'dev'}"
     base, scores = card.base_model or results.get("student_base"), score_pairs(student, *USAGE_PAIRS)
     section = DSE_SECTION.render(
         head=head,
@@ -237,12 +317,14 @@ def save_student(
         data=f"{data}, train split; {task.description}" if data == task.name else data,
         metrics={system: {name: values.get(name) for name in names} for system, values in metrics.items()},
         names=names,
-        dev_data=dev_data,
-        model=card.model_id or MODEL_PATH_PLACEHOLDER,
+        dev_data=card.dev_dataset["name"],
+        model=card.model_id or card.model_path or MODEL_PATH_PLACEHOLDER,
         scores=np.array2string(np.asarray(scores), precision=4, suppress_small=True).splitlines(),
         label_names=head.label_names or list(task.label_names),
     )
 
+    # sentence-transformers' card as it renders it, and the st_dse section after it: a copy of its template (the
+    # route of a card subclass with its own template_path) would drift from the installed version.
     def write(folder: Path) -> None:
         # The card is generated, never reused: a student loaded from a folder with a README would keep that one.
         student.save(str(folder), create_model_card=False)

@@ -18,7 +18,14 @@ from st_dse.data.tasks import custom_task
 from st_dse.hub import DEFAULT_MODEL
 from st_dse.training import distill_student, save_student
 from st_dse.training.config import DistillConfig
-from st_dse.training.model_card import MODEL_PATH_PLACEHOLDER, hub_model_id, model_display_name
+from st_dse.training.evaluator import PairTaskEvaluator
+from st_dse.training.model_card import (
+    HUB_TASK_TYPES,
+    MODEL_PATH_PLACEHOLDER,
+    DSEModelCardData,
+    hub_model_id,
+    model_display_name,
+)
 
 PAIRS = [
     ("A man is playing a guitar.", "A man plays the guitar.", 4.8, 4.6),
@@ -39,6 +46,13 @@ def front_matter(card: str) -> dict:
 
 def python_blocks(card: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", card, re.DOTALL)
+
+
+def run_block(block: str, number: int) -> dict:
+    namespace: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(block, f"README.md#{number}", "exec"), namespace)
+    return namespace
 
 
 def sample_tables(card: str) -> list[str]:
@@ -77,6 +91,34 @@ def test_card_names_the_public_base_model_the_teacher_folder_and_the_task(saved)
     assert meta["model-index"][0]["name"] == "DSE student for stsb"
 
 
+def test_card_metadata_names_the_data_the_task_type_and_the_architecture(saved):
+    _, _, card = saved
+    meta = front_matter(card)
+    assert meta["datasets"] == ["nyu-mll/glue"]  # the registered task's Hub dataset
+    assert "* Dataset: [stsb](https://huggingface.co/datasets/nyu-mll/glue)" in card
+    assert "st_dse" in meta["tags"]
+    assert not [tag for tag in meta["tags"] if tag.startswith("teacher:")]  # a local teacher folder has no public id
+    (result,) = meta["model-index"][0]["results"]
+    assert result["task"] == {"type": "sentence-similarity", "name": "Sentence Similarity"}
+    assert result["dataset"] == {
+        "name": "stsb validation",
+        "type": "nyu-mll/glue",
+        "config": "stsb",
+        "split": "validation",
+    }
+    architecture = card.split("### Full Model Architecture", 1)[1].split("```", 2)[1]
+    assert "PairHead(" in architecture and "'problem_type': 'regression'" in architecture
+
+
+def test_classification_results_are_filed_as_text_classification():
+    task = get_task("mrpc")
+    dev = datasets.Dataset.from_dict({"sentence1": ["a"], "sentence2": ["b"], "label": [1]})
+    card = DSEModelCardData(model_name="DSE student for mrpc", pair_task_type=HUB_TASK_TYPES[task.problem_type])
+    card.eval_results_dict = {PairTaskEvaluator(task, dev): {"mrpc_dev_accuracy": 80.0, "mrpc_dev_f1": 85.0}}
+    (result,) = card.format_eval_metrics()["model-index"][0]["results"]
+    assert result["task"] == {"type": "text-classification", "name": "Text Classification"}
+
+
 def test_card_has_license_language_and_install_line(saved):
     _, _, card = saved
     meta = front_matter(card)
@@ -109,17 +151,38 @@ def test_sample_tables_show_no_packed_labels(saved):
 def test_usage_snippets_run_against_the_saved_folder(saved, monkeypatch):
     _, folder, card = saved
     blocks = [block for block in python_blocks(card) if MODEL_PATH_PLACEHOLDER in block]
-    assert len(blocks) == 2  # sentence-transformers' Direct Usage and st_dse's
+    assert len(blocks) == 3  # sentence-transformers' Direct Usage, st_dse's pair scoring and its reranking
     assert "SentenceTransformer(" in blocks[0]
     assert "st_dse.load_student(" in blocks[1] and "st_dse.score_pairs(" in blocks[1]
     assert "SentenceTransformer(" in blocks[1]
+    assert "st_dse.DSEReranker.from_pretrained(" in blocks[2] and "reranker.rank(" in blocks[2]
     monkeypatch.chdir(folder.parent)
-    for number, block in enumerate(blocks):
-        namespace: dict = {}
-        with contextlib.redirect_stdout(io.StringIO()):
-            exec(compile(block.replace(MODEL_PATH_PLACEHOLDER, str(folder)), f"README.md#{number}", "exec"), namespace)
+    namespaces = [
+        run_block(block.replace(MODEL_PATH_PLACEHOLDER, str(folder)), number) for number, block in enumerate(blocks)
+    ]
     printed = re.search(r"print\(scores\)\n# \[(.*)\]", blocks[1]).group(1)
-    np.testing.assert_allclose(namespace["scores"], np.array(printed.split(), dtype=float), atol=1e-3)
+    np.testing.assert_allclose(namespaces[1]["scores"], np.array(printed.split(), dtype=float), atol=1e-3)
+    ranking = namespaces[2]["ranking"]
+    assert sorted(result["corpus_id"] for result in ranking) == [0, 1]
+    assert ranking[0]["score"] >= ranking[1]["score"]
+
+
+def test_snippets_load_a_relative_folder_as_named_and_the_hub_id_once_pushed(tmp_path, minilm_path, monkeypatch):
+    student = st_dse.build_student(minilm_path, num_labels=3, problem_type="multiclass")
+    task = get_task("mnli")
+    monkeypatch.chdir(tmp_path)
+    save_student(student, Path("runs") / "student", task, None, {})
+    card = (tmp_path / "runs" / "student" / "README.md").read_text(encoding="utf-8")
+    assert MODEL_PATH_PLACEHOLDER not in card and str(tmp_path) not in card
+    assert 'SentenceTransformer("runs/student")' in card
+    assert "DSEReranker" not in card  # rank() needs a one-logit head
+    (block,) = [block for block in python_blocks(card) if "st_dse.score_pairs(" in block]
+    assert 'st_dse.load_student("runs/student")' in block
+    assert np.asarray(run_block(block, 0)["scores"]).shape == (2, 3)  # runs as written, from where it was saved
+    save_student(student, tmp_path / "pushed", task, None, {}, model_id="my-org/dse-student")
+    card = (tmp_path / "pushed" / "README.md").read_text(encoding="utf-8")
+    assert MODEL_PATH_PLACEHOLDER not in card and "runs/student" not in card
+    assert 'SentenceTransformer("my-org/dse-student")' in card and 'load_student("my-org/dse-student")' in card
 
 
 def test_own_pairs_are_named_by_their_file_and_an_untrained_student_gets_its_own_card(tmp_path, minilm_path):
@@ -130,7 +193,10 @@ def test_own_pairs_are_named_by_their_file_and_an_untrained_student_gets_its_own
     card = (tmp_path / "student" / "README.md").read_text(encoding="utf-8")
     assert "# DSE student for my_pairs.csv" in card and "- **Training data:** my_pairs.csv" in card
     assert "**Teacher:** [cross-encoder/quora-distilroberta-base](https://huggingface.co/cross-encoder/quora" in card
-    assert front_matter(card)["base_model"] == DEFAULT_MODEL
+    meta = front_matter(card)
+    assert meta["base_model"] == DEFAULT_MODEL
+    assert "teacher:cross-encoder/quora-distilroberta-base" in meta["tags"]
+    assert "datasets" not in meta  # your own file has no Hub id
     assert "No dev metrics were recorded" in card
     assert "class 1 (`same`) when it is above 0" in card
     assert str(tmp_path) not in card
