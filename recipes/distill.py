@@ -14,8 +14,9 @@ Usage:
 The student is saved in OUTPUT_DIR as a standard sentence-transformers folder: ``SentenceTransformer(OUTPUT_DIR)``
 loads the encoder, ``st_dse.load_student(OUTPUT_DIR)`` the encoder and its PairHead (in OUTPUT_DIR/pair_head).
 OUTPUT_DIR/dse.json holds the settings, the teacher's and student's dev metrics and their agreement. Checkpoints go
-to OUTPUT_DIR-checkpoints, a teacher fine-tuned here to OUTPUT_DIR-teacher. Under torchrun the teacher labelling is
-split across the processes and the summary is written once.
+to OUTPUT_DIR-checkpoints, a teacher fine-tuned here to OUTPUT_DIR-teacher. Each run records its settings and inputs
+in OUTPUT_DIR-checkpoints/run.json before any work: --resume continues only that run. Under torchrun the teacher
+labelling is split across the processes and the summary is written once.
 """
 
 from __future__ import annotations
@@ -38,6 +39,17 @@ from st_dse.teacher import raw_logits
 from st_dse.training import distill_student, evaluate_student, finetune_teacher, save_student
 from st_dse.training.config import DistillConfig, RunConfig, TeacherConfig, config_fields, parse_config
 from st_dse.training.evaluator import agreement_report, format_report, relative_degradation
+from st_dse.training.run_record import (
+    RUN_FILE,
+    changed_settings,
+    check_output_folders,
+    check_runs,
+    data_inputs,
+    fingerprint_path,
+    read_run_record,
+    run_record,
+    start_runs,
+)
 from st_dse.training.train import barrier, check_output_dir, is_main_process, label_across_ranks, sibling_dir
 
 logger = logging.getLogger("distill")
@@ -55,21 +67,40 @@ def parse_args(argv: list[str] | None = None, task: str | None = None):
     return data, config, run
 
 
-def load_or_train_teacher(config: DistillConfig, run: RunConfig, task, train, dev) -> tuple[CrossEncoder, str]:
-    """The teacher: given, found beside the output folder from an earlier run, or fine-tuned now on the gold labels."""
+def plan_teacher(config: DistillConfig, run: RunConfig, task, train, dev) -> tuple | None:
+    """Without --teacher: None when OUTPUT_DIR-teacher holds a teacher of this very run (reused), else how one is
+    fine-tuned here on the gold labels: (its settings, its pairs, its run record)."""
+    labelled = train.filter(lambda row: row["label"] is not None) if "label" in train.column_names else []
+    if not len(labelled):
+        raise SystemExit(
+            "error: the pairs have no gold labels to fine-tune a teacher on: pass --teacher (a CrossEncoder)."
+        )
+    teacher_config = TeacherConfig(base_model=config.teacher_base, epochs=config.teacher_epochs, seed=config.seed)
+    inputs = {**data_inputs(task, labelled, dev), "base model files": fingerprint_path(config.teacher_base)}
+    record = run_record("teacher", [teacher_config], inputs)
+    teacher_dir = sibling_dir(run.output_dir, "teacher")
+    if not (teacher_dir / "config.json").is_file() or run.overwrite:
+        return teacher_config, labelled, record
+    old = read_run_record(sibling_dir(teacher_dir, "checkpoints"))
+    if changes := changed_settings(old, record) if old else [f"no {RUN_FILE} records how it was trained"]:
+        raise SystemExit(
+            f"error: {teacher_dir} holds a teacher of another run ({'; '.join(changes)}): pass --teacher "
+            f"{teacher_dir} to distil from it as it is, --overwrite to fine-tune a new one, or another --output-dir."
+        )
+    return None
+
+
+def load_or_train_teacher(config: DistillConfig, run: RunConfig, task, dev, plan) -> tuple[CrossEncoder, str]:
+    """The teacher: given, reused from OUTPUT_DIR-teacher, or fine-tuned now as :func:`plan_teacher` planned."""
     if config.teacher:
         return CrossEncoder(resolve_model_name(config.teacher)), config.teacher
     teacher_dir = sibling_dir(run.output_dir, "teacher")
-    if (teacher_dir / "config.json").is_file() and not run.overwrite:
+    if plan is None:
         logger.info("Reusing the teacher fine-tuned earlier in %s", teacher_dir)
         return CrossEncoder(str(teacher_dir)), str(teacher_dir)
-    if "label" not in train.column_names:
-        raise SystemExit("The pairs have no gold labels to fine-tune a teacher on: pass --teacher (a CrossEncoder).")
+    teacher_config, labelled, _ = plan
     logger.info("No --teacher given: fine-tuning %s as the teacher in %s", config.teacher_base, teacher_dir)
-    teacher_config = TeacherConfig(base_model=config.teacher_base, epochs=config.teacher_epochs, seed=config.seed)
-    labelled = train.filter(lambda row: row["label"] is not None)
-    teacher = finetune_teacher(task, labelled, dev, teacher_dir, teacher_config, resume=run.resume)
-    return teacher, str(teacher_dir)
+    return finetune_teacher(task, labelled, dev, teacher_dir, teacher_config, resume=run.resume), str(teacher_dir)
 
 
 def label_training_pairs(teacher, config: DistillConfig, train, timings: dict):
@@ -128,13 +159,19 @@ def dev_report(student, teacher, task, dev, config: DistillConfig, metrics: dict
 def main(argv: list[str] | None = None, task: str | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     data, config, run = parse_args(argv, task)
+    checkpoints, teacher_dir = sibling_dir(run.output_dir, "checkpoints"), sibling_dir(run.output_dir, "teacher")
+    outputs = [run.output_dir, checkpoints]
+    if not config.teacher:  # a teacher fine-tuned here goes to OUTPUT_DIR-teacher, its checkpoints beside it
+        outputs += [teacher_dir, sibling_dir(teacher_dir, "checkpoints")]
     try:
+        sources = [data.train_file, data.dev_file, data.data_dir, config.teacher, config.teacher_base, config.student]
+        check_output_folders(outputs, sources)
         check_output_dir(run.output_dir, run.overwrite, run.resume)
-        if not config.teacher:  # the teacher fine-tuned here is saved to OUTPUT_DIR-teacher: refuse a foreign one now
-            check_output_dir(sibling_dir(run.output_dir, "teacher"), True, True, kind="teacher")
+        if not config.teacher:  # refuse a foreign OUTPUT_DIR-teacher now, whatever the flags
+            check_output_dir(teacher_dir, True, True, kind="teacher")
         for name in (config.student, config.teacher or config.teacher_base):  # loadable now, not after the data
             resolve_model_name(name)
-    except (FileExistsError, HubUnreachableError) as error:
+    except (FileExistsError, HubUnreachableError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     timings: dict[str, float] = {}
     metrics: dict[str, dict] = {}
@@ -157,29 +194,42 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
             logger.info("The training pairs carry no gold labels: the student learns from the teacher alone.")
             config.distillation_weight = 1.0
 
-    # 2. Teacher: given, found beside the output folder, or fine-tuned now; then label the training pairs (and the
+    # 2. Record the runs this command starts (the student's, a teacher's fine-tuned here), refusing, before any
+    # work, a --resume of another run and an --overwrite of anything an st_dse run did not write.
+    inputs = {**data_inputs(task, train, dev), "student files": fingerprint_path(config.student)}
+    inputs["teacher files"] = fingerprint_path(config.teacher or config.teacher_base)
+    runs = [(checkpoints, run_record("student", (data, config, run), inputs))]
+    plan = None if config.teacher or config.distillation_weight == 0 else plan_teacher(config, run, task, train, dev)
+    if plan is not None:
+        runs.append((sibling_dir(teacher_dir, "checkpoints"), plan[2]))
+    try:
+        check_runs(runs, run.overwrite, run.resume)
+    except (FileExistsError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    start_runs(runs, run.resume)
+
+    # 3. Teacher: given, found beside the output folder, or fine-tuned now; then label the training pairs (and the
     #    candidate lists of the ranking term).
     if config.distillation_weight > 0:
         start = time.perf_counter()
         if teacher is None:
-            teacher, teacher_name = load_or_train_teacher(config, run, task, train, dev)
+            teacher, teacher_name = load_or_train_teacher(config, run, task, dev, plan)
         timings["teacher"] = time.perf_counter() - start
         train = label_training_pairs(teacher, config, train, timings)
     lists = None  # the ranking term's candidate lists, labelled by the teacher (a config check ensures one)
     if config.ranking_weight > 0:
         lists = label_candidate_lists(teacher, config, train, timings)
 
-    # 3. Train the student with DSELoss, evaluating on dev each epoch and keeping the best checkpoint.
+    # 4. Train the student with DSELoss, evaluating on dev each epoch and keeping the best checkpoint.
     start = time.perf_counter()
     dev_with_gold = None  # the dev pairs that carry a gold label pick the best epoch
     if dev is not None and "label" in dev.column_names:
         dev_with_gold = dev.filter(lambda row: row["label"] is not None)
         dev_with_gold = dev_with_gold if len(dev_with_gold) else None
-    checkpoints = sibling_dir(run.output_dir, "checkpoints")
     student = distill_student(task, train, dev_with_gold, checkpoints, config, resume=run.resume, ranking_lists=lists)
     timings["student"] = time.perf_counter() - start
 
-    # 4. Evaluate the student against the teacher and the gold labels; save it with its head, card and summary.
+    # 5. Evaluate the student against the teacher and the gold labels; save it with its head, card and summary.
     barrier()
     if not is_main_process():
         return {}

@@ -20,22 +20,38 @@ from st_dse.data.sources import DataConfig, load_pairs
 from st_dse.hub import resolve_model_name
 from st_dse.training import finetune_teacher
 from st_dse.training.config import RunConfig, TeacherConfig, parse_config
-from st_dse.training.train import check_output_dir
+from st_dse.training.run_record import (
+    check_output_folders,
+    check_runs,
+    data_inputs,
+    fingerprint_path,
+    run_record,
+    start_runs,
+)
+from st_dse.training.train import check_output_dir, sibling_dir
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     data, config, run = parse_config((DataConfig, TeacherConfig, RunConfig), argv, description=__doc__)
+    checkpoints = sibling_dir(run.output_dir, "checkpoints")
     try:
+        sources = [data.train_file, data.dev_file, data.data_dir, config.base_model]
+        check_output_folders([run.output_dir, checkpoints], sources)
         check_output_dir(run.output_dir, run.overwrite, run.resume, kind="teacher")
         resolve_model_name(config.base_model)  # loadable now, not after the data
         # 1. Load the train and dev pairs; the task's shape comes from the registry or from the gold labels.
         task, train, dev = load_pairs(data)
+        train = train.filter(lambda row: row["label"] is not None)
+        if dev is not None and "label" not in dev.column_names:
+            dev = None
+        # Recorded before any work: --resume continues only this run, --overwrite deletes only an st_dse run's files.
+        inputs = {**data_inputs(task, train, dev), "base model files": fingerprint_path(config.base_model)}
+        runs = [(checkpoints, run_record("teacher", (data, config, run), inputs))]
+        check_runs(runs, run.overwrite, run.resume)
     except (FileExistsError, FileNotFoundError, HubUnreachableError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
-    train = train.filter(lambda row: row["label"] is not None)
-    if dev is not None and "label" not in dev.column_names:
-        dev = None
+    start_runs(runs, run.resume)
     logging.info("%s: %d labelled train pairs, %s dev pairs", task.name, len(train), len(dev) if dev else "no")
 
     # 2. Fine-tune, evaluate on dev, save.

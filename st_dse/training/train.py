@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 def sibling_dir(path: str | os.PathLike, suffix: str) -> Path:
     """``<path>-<suffix>``: where a run keeps what belongs beside a saved model (its checkpoints, its teacher)."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "." and ".." have no name to extend
     return path.with_name(f"{path.name}-{suffix}")
 
 
