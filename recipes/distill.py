@@ -47,10 +47,18 @@ from st_dse.training.run_record import (
     data_inputs,
     fingerprint_path,
     read_run_record,
+    remove_checkpoints,
     run_record,
     start_runs,
 )
-from st_dse.training.train import barrier, check_output_dir, is_main_process, label_across_ranks, sibling_dir
+from st_dse.training.train import (
+    barrier,
+    check_output_dir,
+    is_main_process,
+    label_across_ranks,
+    quiet_libraries,
+    sibling_dir,
+)
 
 logger = logging.getLogger("distill")
 
@@ -158,6 +166,7 @@ def dev_report(student, teacher, task, dev, config: DistillConfig, metrics: dict
 
 def main(argv: list[str] | None = None, task: str | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    quiet_libraries()
     data, config, run = parse_args(argv, task)
     checkpoints, teacher_dir = sibling_dir(run.output_dir, "checkpoints"), sibling_dir(run.output_dir, "teacher")
     outputs = [run.output_dir, checkpoints]
@@ -250,7 +259,11 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
         # The saved folder as it is (card, head, dse.json); nothing from beside it (teacher, checkpoints).
         student.push_to_hub(run.push_to_hub, local_model_path=run.output_dir, exist_ok=True)
     print(json.dumps({"task": task.name, "metrics": metrics, "timings_s": timings}, indent=2))
-    print(f"Saved the student to {Path(run.output_dir)} (checkpoints in {checkpoints}).")
+    if not run.keep_checkpoints:  # the run is saved: its checkpoints (and a teacher's fine-tuned here) are not needed
+        for folder in (checkpoints, sibling_dir(teacher_dir, "checkpoints")):
+            remove_checkpoints(folder)
+    kept = f" (checkpoints in {checkpoints})" if run.keep_checkpoints else ""
+    print(f"Saved the student to {Path(run.output_dir)}{kept}.")
     return results
 
 

@@ -25,14 +25,16 @@ from st_dse.training.run_record import (
     check_runs,
     data_inputs,
     fingerprint_path,
+    remove_checkpoints,
     run_record,
     start_runs,
 )
-from st_dse.training.train import check_output_dir, sibling_dir
+from st_dse.training.train import barrier, check_output_dir, is_main_process, quiet_libraries, sibling_dir
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    quiet_libraries()
     data, config, run = parse_config((DataConfig, TeacherConfig, RunConfig), argv, description=__doc__)
     checkpoints = sibling_dir(run.output_dir, "checkpoints")
     try:
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     finetune_teacher(task, train, dev, run.output_dir, config, resume=run.resume)
     logging.info("Teacher trained in %.0f s and saved to %s", time.perf_counter() - start, run.output_dir)
+    barrier()
+    if is_main_process() and not run.keep_checkpoints:
+        remove_checkpoints(checkpoints)
 
 
 if __name__ == "__main__":

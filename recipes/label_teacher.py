@@ -39,6 +39,7 @@ from st_dse.teacher import (
     teacher_fingerprint,
 )
 from st_dse.training.config import LabelConfig, parse_config
+from st_dse.training.train import quiet_libraries
 
 logger = logging.getLogger("label_teacher")
 
@@ -65,6 +66,7 @@ def _count_scored_pairs(teacher: CrossEncoder) -> list[int]:
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
     data, args = parse_config((DataConfig, LabelConfig), argv, description=__doc__)
     try:
         teacher = CrossEncoder(resolve_model_name(args.teacher))

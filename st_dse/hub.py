@@ -53,6 +53,11 @@ def _is_hub_id(name: str) -> bool:
     return True
 
 
+@functools.cache
+def _announce_packaged_copy(path: str) -> None:  # once per process, however often the default model is resolved
+    logger.info("Hub unreachable: using the packaged copy of %s at %s", DEFAULT_MODEL, path)
+
+
 def resolve_model_name(name_or_path: str | None = None) -> str:
     """``name_or_path`` (default: the default model) as a loader takes it, once it is known to be loadable now.
 
@@ -73,7 +78,7 @@ def resolve_model_name(name_or_path: str | None = None) -> str:
         return hub_id
     packaged = packaged_default_model_path() if default else None
     if packaged is not None:
-        logger.info("Hub unreachable: using the packaged copy of %s at %s", DEFAULT_MODEL, packaged)
+        _announce_packaged_copy(packaged)
         return packaged
     # Imported here: st_dse.data imports this module.
     from st_dse.data.pair_files import HubUnreachableError

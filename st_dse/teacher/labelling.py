@@ -18,6 +18,7 @@ from st_dse.fingerprint import weights_fingerprint
 from st_dse.teacher.cache import TeacherLogitCache, default_cache_dir, pair_key, shard_of
 
 logger = logging.getLogger(__name__)
+PROGRESS_BAR_MIN_PAIRS = 1000
 
 
 def teacher_fingerprint(cross_encoder: CrossEncoder) -> str:
@@ -73,7 +74,8 @@ def label_with_teacher(
         cache_dir: Where logits are cached; defaults to :func:`default_cache_dir`.
         use_cache: Set False to neither read nor write the cache.
         chunk_size: Pairs labelled between two cache writes (default ``batch_size``).
-        show_progress_bar: Defaults to showing one when logging is at INFO or below.
+        show_progress_bar: Defaults to showing one when logging is at INFO or below and there are at least
+            :data:`PROGRESS_BAR_MIN_PAIRS` pairs to label (fewer take a second or two).
         shard_index, num_shards: Label only shard ``shard_index`` of ``num_shards``; only its rows are returned, in
             their original order.
         require_cached: Label nothing; raise a ValueError if any pair has no cached logits.
@@ -110,7 +112,8 @@ def label_with_teacher(
             "Label them first (e.g. finish the missing shards with recipes/label_teacher.py --shard-index i "
             "--num-shards n), or copy the shards' cache folders into this one."
         )
-    show_progress_bar = logger.getEffectiveLevel() <= logging.INFO if show_progress_bar is None else show_progress_bar
+    if show_progress_bar is None:
+        show_progress_bar = logger.getEffectiveLevel() <= logging.INFO and len(todo) >= PROGRESS_BAR_MIN_PAIRS
     known.update(_label_missing(cross_encoder, todo, cache, batch_size, chunk_size, show_progress_bar))
     if cache is not None and merge:
         try:

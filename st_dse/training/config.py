@@ -146,6 +146,9 @@ class RunConfig:
     overwrite: bool = _option(False, "replace a model or results already in --output-dir")
     resume: bool = _option(False, "continue the same run from its last checkpoint")
     push_to_hub: str | None = _option(None, "also upload the model to this Hub repository")
+    keep_checkpoints: bool = _option(
+        False, "keep the trainer's checkpoints after a successful run (deleted by default)"
+    )
 
 
 @dataclass

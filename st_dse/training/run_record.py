@@ -24,7 +24,16 @@ RUN_FILE = "run.json"
 RUN_OUTPUTS = (RUN_FILE, "checkpoint-*", "eval")
 #: Settings a resumed run may change: where its outputs, data and caches live, and how fast the teacher labels.
 NOT_COMPARED = frozenset(
-    {"output_dir", "overwrite", "resume", "push_to_hub", "cache_dir", "label_batch_size", "data_dir"}
+    {
+        "output_dir",
+        "overwrite",
+        "resume",
+        "push_to_hub",
+        "cache_dir",
+        "label_batch_size",
+        "data_dir",
+        "keep_checkpoints",
+    }
 )
 
 
@@ -128,6 +137,14 @@ def start_runs(runs: Sequence[tuple[Path, dict]], resume: bool) -> None:
             partial.write_text(json.dumps(record, indent=2), encoding="utf-8")
             os.replace(partial, folder / RUN_FILE)
     barrier()
+
+
+def remove_checkpoints(folder: str | os.PathLike) -> None:
+    """After a successful run: delete the trainer's ``checkpoint-*`` folders in the run's ``folder``, keeping its
+    ``run.json`` (what the run was, for a later ``--overwrite`` or teacher reuse) and ``eval/`` results."""
+    if read_run_record(folder) is not None:  # only a folder an st_dse run recorded
+        for path in Path(folder).glob("checkpoint-*"):
+            shutil.rmtree(path)
 
 
 def check_output_folders(folders: Iterable[str | os.PathLike], inputs: Iterable[str | None]) -> None:

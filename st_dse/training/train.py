@@ -11,6 +11,7 @@ from typing import Any
 import datasets
 import torch
 import torch.distributed as dist
+import transformers
 from sentence_transformers import (
     CrossEncoder,
     SentenceTransformer,
@@ -19,7 +20,7 @@ from sentence_transformers import (
 )
 from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
 from sentence_transformers.cross_encoder import losses as cross_encoder_losses
-from transformers import set_seed
+from transformers import ProgressCallback, set_seed
 
 from st_dse.data import TaskSpec
 from st_dse.hub import resolve_model_name
@@ -111,6 +112,31 @@ def _training_arguments(config: TeacherConfig | DistillConfig, checkpoint_dir: P
     return {"output_dir": str(checkpoint_dir), **settings}, checkpoint
 
 
+def quiet_libraries() -> None:
+    """For the recipes: progress bars only for training and long teacher labelling (none for loading weights,
+    writing shards, dataset maps or encoding a dev split); sentence-transformers' warnings, not its INFO lines."""
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+
+
+class NumericProgressCallback(ProgressCallback):
+    """transformers' progress bar, with the logged values written as JSON numbers (it writes them as strings)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None:
+            shown = {key: round(value, 6) if isinstance(value, float) else value for key, value in logs.items()}
+            shown.pop("total_flos", None)
+            self.training_bar.write(json.dumps(shown))
+
+
+def _train(trainer: Any, checkpoint: str | None) -> None:
+    if not trainer.args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(NumericProgressCallback)
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+
 def finetune_teacher(
     task: TaskSpec,
     train_dataset: datasets.Dataset,
@@ -147,7 +173,7 @@ def finetune_teacher(
     mapping = {r"(^|\.)classifier\.": config.classifier_lr} if config.classifier_lr else None
     args = CrossEncoderTrainingArguments(**settings, learning_rate_mapping=mapping, save_total_limit=1)
     train = train_dataset.select_columns(["sentence1", "sentence2", "label"])
-    CrossEncoderTrainer(model=cross_encoder, args=args, train_dataset=train, loss=loss).train(checkpoint)
+    _train(CrossEncoderTrainer(model=cross_encoder, args=args, train_dataset=train, loss=loss), checkpoint)
     metrics = evaluate_cross_encoder(cross_encoder, task, eval_dataset) if eval_dataset is not None else None
     if metrics is not None:
         logger.info("Teacher dev metrics: %s", metrics)
@@ -237,5 +263,5 @@ def distill_student(
         ranking = ListwiseDistillLoss(student, config.ranking_weight, config.temperature, ranking_label_index(task))
         train, loss = datasets.DatasetDict(pairs=train, lists=ranking_lists), {"pairs": loss, "lists": ranking}
     trainer = SentenceTransformerTrainer(model=student, args=args, train_dataset=train, loss=loss, evaluator=evaluator)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    _train(trainer, checkpoint)
     return student

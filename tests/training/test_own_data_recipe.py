@@ -104,3 +104,17 @@ def test_a_run_never_destroys_an_earlier_model_unasked(tmp_path, tiny):
     assert not (saved / "dev_metrics.json").exists()  # nothing of the earlier model stays beside the new one
     assert (saved / "pair_head" / "model.safetensors").read_bytes() != before
     assert first["settings"]["seed"] == 42 and second["settings"]["seed"] == 7
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_finished_run_removes_its_checkpoints_unless_kept(tmp_path, tiny, capsys, keep):
+    teacher = _teacher(tiny, tmp_path / "teacher", 1)
+    train = tmp_path / "train.csv"
+    train.write_text("sentence1,sentence2,label\n" + "".join(f"A {i} b,C {i} d,{i % 2}\n" for i in range(8)))
+    _run(tmp_path, tiny, teacher, train, train, *(["--keep-checkpoints"] if keep else []))
+    checkpoints = tmp_path / "student-checkpoints"
+    assert bool(list(checkpoints.glob("checkpoint-*"))) == keep
+    assert (checkpoints / "run.json").is_file()  # what the run was stays, for --overwrite and teacher reuse
+    # The trainer's log lines are JSON with numbers, not strings of numbers.
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"')]
+    assert logged and all(isinstance(value, (int, float)) for line in logged for value in line.values())
