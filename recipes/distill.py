@@ -30,6 +30,7 @@ from st_dse.data.pair_files import HubUnreachableError
 from st_dse.data.sources import DataConfig, load_pairs
 from st_dse.hub import resolve_model_name
 from st_dse.inference import score_pairs
+from st_dse.integrity import recover_interrupted_save
 from st_dse.losses import check_teacher_logit_scale
 from st_dse.student import load_model
 from st_dse.teacher import raw_logits
@@ -58,6 +59,9 @@ def load_or_train_teacher(config: DistillConfig, run: RunConfig, task, train, de
     if config.teacher:
         return CrossEncoder(resolve_model_name(config.teacher)), config.teacher
     teacher_dir = sibling_dir(run.output_dir, "teacher")
+    if is_main_process():  # a teacher save killed between its two renames left the teacher beside its folder
+        recover_interrupted_save(teacher_dir)
+    barrier()
     if (teacher_dir / "config.json").is_file() and not run.overwrite:
         logger.info("Reusing the teacher fine-tuned earlier in %s", teacher_dir)
         return CrossEncoder(str(teacher_dir)), str(teacher_dir)
