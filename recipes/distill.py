@@ -33,6 +33,7 @@ from st_dse.data.pair_files import HubUnreachableError
 from st_dse.data.sources import DataConfig, load_pairs
 from st_dse.hub import resolve_model_name
 from st_dse.inference import score_pairs
+from st_dse.integrity import recover_interrupted_save
 from st_dse.losses import check_teacher_logit_scale
 from st_dse.student import load_model
 from st_dse.teacher import raw_logits
@@ -87,6 +88,9 @@ def plan_teacher(config: DistillConfig, run: RunConfig, task, train, dev) -> tup
     inputs = {**data_inputs(task, labelled, dev), "base model files": fingerprint_path(config.teacher_base)}
     record = run_record("teacher", [teacher_config], inputs)
     teacher_dir = sibling_dir(run.output_dir, "teacher")
+    if is_main_process():  # a teacher save killed between its two renames left the teacher beside its folder
+        recover_interrupted_save(teacher_dir)
+    barrier()
     if not (teacher_dir / "config.json").is_file() or run.overwrite:
         return teacher_config, labelled, record
     old = read_run_record(sibling_dir(teacher_dir, "checkpoints"))

@@ -161,6 +161,7 @@ def atomic_save_dir(target: PathLike, write: Callable[[Path], Any], *, kind: str
         kind: What is saved ("student", "index", ...), recorded with every written file in the folder's manifest.
     """
     target = Path(os.path.abspath(target))
+    recover_interrupted_save(target)  # first: an old folder waiting beside target is named in any refusal
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         what = "a symbolic link" if target.is_symlink() else "a file"
         raise ValueError(f"Cannot save over {target}: it is {what}, not a folder; save to a real folder instead.")
@@ -171,7 +172,6 @@ def atomic_save_dir(target: PathLike, write: Callable[[Path], Any], *, kind: str
             "move them away or save to another folder."
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    recover_interrupted_save(target)
     new, old = _sibling(target, "tmp"), _sibling(target, "old")
     new.mkdir()
     moved = False
@@ -211,7 +211,11 @@ def foreign_files(folder: PathLike, kind: str) -> list[str]:
 
 def recover_interrupted_save(target: PathLike) -> bool:
     """Repair what an interrupted :func:`atomic_save_dir` left beside ``target``: put the old folder back when the
-    save was killed between its two renames (then return True), and delete the rest. Run it while no save runs."""
+    save was killed between its two renames (then return True), and delete the rest. Run it while no save runs.
+
+    The old folder is deleted only when ``target`` holds a whole save (every file its manifest lists, at its recorded
+    size). An empty folder made at ``target`` meanwhile is replaced by the old one; any other content
+    is refused with a :class:`FileExistsError` naming both folders, and nothing is moved or deleted."""
     target = Path(os.path.abspath(target))
     prefixes = tuple(f".{target.name}.{kind}-" for kind in ("old", "tmp", "del"))
     try:
@@ -219,9 +223,17 @@ def recover_interrupted_save(target: PathLike) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     olds = [path for path in leftovers if path.name.startswith(prefixes[0]) and path.is_dir()]
-    restored = bool(olds) and not os.path.lexists(target)
+    restored = bool(olds) and not _is_whole_save(target)
     if restored:
         old = max(olds, key=lambda path: path.stat().st_ctime)  # the newest, should several saves have been killed
+        with contextlib.suppress(OSError):  # succeeds only for an empty folder: nothing of anyone's is lost
+            os.rmdir(target)
+        if os.path.lexists(target):
+            raise FileExistsError(
+                f"A save into {target} was interrupted, and its previous version waits in {old}, but {target} now "
+                "holds files that are not a whole st_dse save: move them away and load again to restore the previous "
+                f"version (or, to keep {target} as it is, delete {old} yourself)."
+            )
         os.rename(old, target)
         leftovers.remove(old)
         logger.warning("%s was missing: a save into it was interrupted. Restored its previous version.", target)
@@ -229,6 +241,13 @@ def recover_interrupted_save(target: PathLike) -> bool:
     for path in leftovers:
         _discard(target, path)
     return restored
+
+
+def _is_whole_save(folder: Path) -> bool:
+    try:
+        return verify_manifest(folder, verify="size")
+    except (CorruptFileError, OSError):
+        return False
 
 
 def fsync_directory(directory: PathLike) -> None:

@@ -19,8 +19,8 @@ from sentence_transformers.util import import_from_string, load_file_path
 from torch import nn
 
 from st_dse.hub import DEFAULT_MODEL, hub_kwargs, resolve_model_name
-from st_dse.integrity import atomic_save_dir, recover_interrupted_save
-from st_dse.modules.pair_head import HeadType, PairHead, ProblemType
+from st_dse.integrity import VerifyMode, atomic_save_dir, read_manifest, recover_interrupted_save, verify_manifest
+from st_dse.modules.pair_head import RESAVE, HeadType, PairHead, ProblemType
 from st_dse.modules.top_layers import TopLayersConcat
 
 PAIR_HEAD_FOLDER = "pair_head"
@@ -136,13 +136,23 @@ def head_learning_rate_mapping(model: SentenceTransformer, learning_rate: float)
 class DSEStudent(SentenceTransformer):
     """A SentenceTransformer whose :class:`PairHead` (its last module in memory) is saved in ``pair_head/``, outside
     ``modules.json``: ``SentenceTransformer(path)`` loads the encoder alone, this class both, never running code from
-    the folder (it refuses ``trust_remote_code``)."""
+    the folder (it refuses ``trust_remote_code``).
 
-    def __init__(self, model_name_or_path: str | None = None, *args, **kwargs) -> None:
+    Loading a folder saved by :meth:`save` checks the encoder's files (weights, tokenizer, configs) against its
+    ``checksums.json`` (the head checks its own): ``verify="full"`` (sizes and SHA-256), ``"size"`` or ``"none"``. A
+    missing, damaged or replaced file raises a :class:`~st_dse.integrity.CorruptFileError` naming it.
+    """
+
+    def __init__(self, model_name_or_path: str | None = None, *args, verify: VerifyMode = "full", **kwargs) -> None:
         options = hub_kwargs(kwargs)
-        if model_name_or_path and (os.path.isabs(model_name_or_path) or os.path.isdir(model_name_or_path)):
+        folder = model_name_or_path and (os.path.isabs(model_name_or_path) or os.path.isdir(model_name_or_path))
+        if folder:
             recover_interrupted_save(model_name_or_path)  # a folder, not a Hub id: repair a save killed midway
         foreign = check_model_folder(model_name_or_path, kwargs.get("trust_remote_code", False), **options)
+        if folder and verify != "none" and (entries := read_manifest(model_name_or_path)):
+            # Before anything parses them. The model card is prose one may edit; PairHead.load checks the head's files.
+            files = [file for file in entries if file != "README.md" and not file.startswith(f"{PAIR_HEAD_FOLDER}/")]
+            verify_manifest(model_name_or_path, files=files, verify=verify, remedy=RESAVE)
         try:
             super().__init__(model_name_or_path, *args, **kwargs)
         except (ValueError, pickle.UnpicklingError) as error:

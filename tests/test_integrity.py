@@ -280,6 +280,55 @@ def test_recovery_restores_old_and_removes_leftovers(tmp_path: Path) -> None:
     assert recover_interrupted_save(target) is False  # nothing left to do
 
 
+def _killed_between_the_renames(tmp_path: Path) -> tuple[Path, Path]:
+    """A target missing and its previous version A beside it, as a save killed between its two renames leaves them."""
+    target = tmp_path / "model"
+    atomic_save_dir(target, lambda folder: _write_version(folder, "A"), kind="test")
+    old = tmp_path / ".model.old-ab12cd34"
+    os.rename(target, old)
+    return target, old
+
+
+def test_recovery_restores_over_an_empty_folder(tmp_path: Path) -> None:
+    target, _ = _killed_between_the_renames(tmp_path)
+    target.mkdir()  # e.g. made by a logger, or by a program that expected the folder
+    assert recover_interrupted_save(target) is True
+    assert _version_of(target) == "A" and os.listdir(tmp_path) == ["model"]
+
+
+def _log_file_only(target: Path) -> None:
+    target.mkdir()
+    (target / "train.log").write_text("step 1")
+
+
+def _incomplete_save(target: Path) -> None:
+    target.mkdir()
+    _write_version(target, "B")
+    (target / "f3.bin").unlink()
+
+
+@pytest.mark.parametrize("make", [_log_file_only, _incomplete_save, lambda target: target.write_text("a file")])
+def test_recovery_never_deletes_the_old_copy_for_what_is_not_a_whole_save(tmp_path: Path, make) -> None:
+    target, old = _killed_between_the_renames(tmp_path)
+    make(target)
+    before = sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*"))
+    for _ in range(2):  # a load and a save both recover first, and both refuse
+        with pytest.raises(FileExistsError, match=f"{target}.*{old}"):
+            recover_interrupted_save(target)
+    with pytest.raises(FileExistsError, match=f"{target}.*waits in {old}"):
+        atomic_save_dir(target, lambda folder: _write_version(folder, "C"), kind="test")
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*")) == before
+    assert _version_of(old) == "A"
+
+
+def test_recovery_discards_the_old_copy_beside_a_whole_save(tmp_path: Path) -> None:
+    target, _ = _killed_between_the_renames(tmp_path)
+    _write_version(target, "B")  # killed after the second rename: the new save is whole
+    (target / "train.log").write_text("written after the save")  # an extra file does not make it less whole
+    assert recover_interrupted_save(target) is False
+    assert sorted(os.listdir(tmp_path)) == ["model"] and (target / "f0.bin").read_bytes() == _content("B", 0)
+
+
 # -- SIGKILL at every step -------------------------------------------------------------------------------------------
 
 # The child traces every file-system call a save or a recovery makes (renames, folder creation, file and folder

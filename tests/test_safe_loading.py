@@ -9,6 +9,7 @@ st_dse should be at least as careful as the library it builds on.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import types
@@ -110,7 +111,11 @@ def evil_function(*args, **kwargs):
 
 
 def copy_folder(tiny_folders: dict[str, Path], kind: str, destination: Path) -> Path:
-    return Path(shutil.copytree(tiny_folders[kind], destination / kind))
+    """A copy without the root checksums.json, as a folder from elsewhere comes: the checks tested are the ones that
+    guard any folder, not the checksums that would name each poisoned file first."""
+    folder = Path(shutil.copytree(tiny_folders[kind], destination / kind))
+    (folder / "checksums.json").unlink(missing_ok=True)
+    return folder
 
 
 def edit_json(path: Path, edit: Callable[[dict], object]) -> None:
@@ -328,3 +333,20 @@ def test_pickled_weights_are_not_unpickled(tiny_folders, tmp_path, loader, where
     # The PairHead reads only safetensors: its missing file is named. Elsewhere torch refuses the pickle.
     found = ["pair_head/model.safetensors"] if where == "pair_head" else ["pytorch_model.bin", "pickled weights"]
     expect(check_no_code_runs(folder, marker, loader, found=found), loader, "refused")
+
+
+@pytest.mark.parametrize("left_at_target", [None, "train.log"])
+def test_loading_after_a_save_killed_between_its_renames_keeps_the_old_student(tiny_folders, tmp_path, left_at_target):
+    old = tmp_path / ".student.old-ab12cd34"  # the save moved the old student aside, then was killed
+    shutil.copytree(tiny_folders["student"], old)
+    target = tmp_path / "student"
+    target.mkdir()  # made meanwhile, empty or with a log file in it
+    if left_at_target is None:
+        assert len(st_dse.load_student(str(target), device="cpu")) == 3  # the old student, restored
+        assert os.listdir(tmp_path) == ["student"]
+        return
+    (target / left_at_target).write_text("step 1")
+    with pytest.raises(FileExistsError, match=f"{target}.*waits in {old}"):
+        st_dse.load_student(str(target), device="cpu")
+    assert sorted(os.listdir(tmp_path)) == [old.name, "student"] and os.listdir(target) == [left_at_target]
+    assert sorted(os.listdir(old)) == sorted(os.listdir(tiny_folders["student"]))

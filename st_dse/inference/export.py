@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from st_dse.data import check_pairs
 from st_dse.inference.scoring import encode_unique
+from st_dse.integrity import VerifyMode, atomic_save_dir, recover_interrupted_save, verify_manifest
 from st_dse.student import get_pair_head
 
 __all__ = ["ENCODER_NAME", "ONNX_CONFIG_NAME", "PAIR_HEAD_NAME", "OnnxStudent", "export_onnx"]
@@ -31,6 +32,7 @@ TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 EMBEDDING_OUTPUT = "sentence_embedding"
 HEAD_INPUTS = ("embeddings1", "embeddings2")
 HEAD_OUTPUT = "logits"
+REEXPORT = "Export the student again with st_dse.inference.export.export_onnx(model, path)."
 
 
 class _Encoder(nn.Module):
@@ -78,6 +80,8 @@ def export_onnx(model: SentenceTransformer, output_dir: str | os.PathLike, opset
     """Write ``encoder.onnx`` (token ids -> ``sentence_embedding``), ``pair_head.onnx`` (``embeddings1``,
     ``embeddings2`` -> ``logits``), the tokenizer and ``onnx_config.json`` into ``output_dir``; return the folder.
 
+    Exporting over an earlier export is all or nothing (a run killed at any moment leaves the old export or the new
+    one), and the folder's ``checksums.json`` lets :class:`OnnxStudent` refuse a graph from another export.
     Prompts are not applied by the graphs: prepend them to the text.
 
     Args:
@@ -93,11 +97,8 @@ def export_onnx(model: SentenceTransformer, output_dir: str | os.PathLike, opset
             "does not add it: prepend it to the text you encode with OnnxStudent.",
             stacklevel=2,
         )
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
-    try:
+
+    def write(folder: Path) -> None:
         features = model.preprocess(["A short one.", "A somewhat longer sentence, to have padding in the batch."])
         input_names = [name for name in TOKEN_INPUTS if name in features]
         encoder = _Encoder(modules, input_names).eval()
@@ -105,24 +106,28 @@ def export_onnx(model: SentenceTransformer, output_dir: str | os.PathLike, opset
         with torch.no_grad():
             embeddings = encoder(*token_args)
         token_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-        _export(encoder, token_args, output_dir / ENCODER_NAME, input_names, EMBEDDING_OUTPUT, token_axes, opset)
+        _export(encoder, token_args, folder / ENCODER_NAME, input_names, EMBEDDING_OUTPUT, token_axes, opset)
         head_axes = {name: {0: "batch"} for name in HEAD_INPUTS}
         head_args = (embeddings, embeddings.flip(0))
-        _export(_Head(head).eval(), head_args, output_dir / PAIR_HEAD_NAME, HEAD_INPUTS, HEAD_OUTPUT, head_axes, opset)
+        _export(_Head(head).eval(), head_args, folder / PAIR_HEAD_NAME, HEAD_INPUTS, HEAD_OUTPUT, head_axes, opset)
+        model.tokenizer.save_pretrained(str(folder))
+        config = {
+            "opset": opset,
+            "max_seq_length": model.max_seq_length,
+            "embedding_dimension": head.in_features,
+            "normalized": any(type(module).__name__ == "Normalize" for module in modules),
+            "encoder": {"file": ENCODER_NAME, "inputs": input_names, "output": EMBEDDING_OUTPUT},
+            "pair_head": {"file": PAIR_HEAD_NAME, "inputs": list(HEAD_INPUTS), "output": HEAD_OUTPUT},
+            "head": {key: getattr(head, key) for key in head.config_keys},
+        }
+        (folder / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2))
+
+    was_training = model.training
+    model.eval()
+    try:
+        return atomic_save_dir(output_dir, write, kind="onnx")
     finally:
         model.train(was_training)
-    model.tokenizer.save_pretrained(str(output_dir))
-    config = {
-        "opset": opset,
-        "max_seq_length": model.max_seq_length,
-        "embedding_dimension": head.in_features,
-        "normalized": any(type(module).__name__ == "Normalize" for module in modules),
-        "encoder": {"file": ENCODER_NAME, "inputs": input_names, "output": EMBEDDING_OUTPUT},
-        "pair_head": {"file": PAIR_HEAD_NAME, "inputs": list(HEAD_INPUTS), "output": HEAD_OUTPUT},
-        "head": {key: getattr(head, key) for key in head.config_keys},
-    }
-    (output_dir / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2))
-    return output_dir
 
 
 class OnnxStudent:
@@ -132,15 +137,24 @@ class OnnxStudent:
         output_dir: The exported folder.
         providers: onnxruntime execution providers; None takes every available local one.
         session_options: ``onnxruntime.SessionOptions`` for both sessions (e.g. ``intra_op_num_threads``).
+        verify: Check every file against the folder's ``checksums.json``: ``"full"`` (sizes and SHA-256), ``"size"``
+            or ``"none"``. A missing, damaged or mismatched file (say, an ``encoder.onnx`` of another export)
+            raises a :class:`~st_dse.integrity.CorruptFileError` naming it.
     """
 
     def __init__(
-        self, output_dir: str | os.PathLike, providers: Sequence[Any] | None = None, session_options: Any = None
+        self,
+        output_dir: str | os.PathLike,
+        providers: Sequence[Any] | None = None,
+        session_options: Any = None,
+        verify: VerifyMode = "full",
     ) -> None:
         import onnxruntime
         from transformers import AutoTokenizer
 
         self.output_dir = Path(output_dir)
+        recover_interrupted_save(self.output_dir)  # an export over it may have been killed mid-swap
+        verify_manifest(self.output_dir, verify=verify, remedy=REEXPORT)
         self.config = json.loads((self.output_dir / ONNX_CONFIG_NAME).read_text())
         if providers is None:
             # Every local provider; the Azure one calls a remote endpoint and computes nothing here.

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from st_dse.checks import int_at_least
 from st_dse.data.pairs import as_dataset, check_pairs
-from st_dse.fingerprint import weights_fingerprint
+from st_dse.fingerprint import model_fingerprint
 from st_dse.teacher.cache import TeacherLogitCache, default_cache_dir, pair_key, shard_of
 
 logger = logging.getLogger(__name__)
@@ -22,13 +22,10 @@ PROGRESS_BAR_MIN_PAIRS = 1000
 
 
 def teacher_fingerprint(cross_encoder: CrossEncoder) -> str:
-    """A hex digest of the teacher's weights, label count and max length: a re-fine-tuned teacher gets a new one."""
-    settings = {
-        "class": type(cross_encoder).__name__,
-        "num_labels": cross_encoder.num_labels,
-        "max_length": getattr(cross_encoder, "max_length", None),
-    }
-    return weights_fingerprint(cross_encoder, settings)
+    """A hex digest of everything that decides the teacher's logits (see :func:`st_dse.fingerprint.model_fingerprint`):
+    weights, model config, module settings, prompts, activation function, tokenizer and maximum length. A
+    re-fine-tuned or reconfigured teacher gets a new one; the same teacher loaded again keeps it."""
+    return model_fingerprint(cross_encoder)
 
 
 def raw_logits(cross_encoder: CrossEncoder, pairs: list[tuple[str, str]], batch_size: int = 32) -> np.ndarray:

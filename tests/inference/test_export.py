@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from st_dse.inference import score_pairs
+from st_dse.integrity import CorruptFileError
 from st_dse.student import build_student
 
 pytest.importorskip("onnx", reason="the onnx extra is not installed: pip install -e '.[onnx]'")
@@ -46,7 +48,7 @@ def exported(minilm_path, tmp_path_factory):
 
 def test_export_writes_the_folder(exported):
     student, folder = exported
-    for name in ("encoder.onnx", "pair_head.onnx", "onnx_config.json", "tokenizer_config.json"):
+    for name in ("encoder.onnx", "pair_head.onnx", "onnx_config.json", "tokenizer_config.json", "checksums.json"):
         assert (folder / name).is_file(), name
     config = json.loads((folder / "onnx_config.json").read_text())
     assert config["max_seq_length"] == student.max_seq_length
@@ -73,7 +75,7 @@ def test_onnx_student_matches_torch(exported):
     )
 
 
-def test_normalize_and_multiclass_export(minilm_path, tmp_path):
+def test_normalize_and_multiclass_export(minilm_path, tmp_path, exported):
     torch.manual_seed(1)
     student = build_student(minilm_path, num_labels=3, keep_normalize=True, head_type="factorized", hidden_dim=64)
     folder = export_onnx(student, tmp_path / "student")
@@ -84,3 +86,10 @@ def test_normalize_and_multiclass_export(minilm_path, tmp_path):
     logits = onnx_student.score_pairs(SENTENCES1, SENTENCES2)
     assert logits.shape == (len(SENTENCES1), 3)
     np.testing.assert_allclose(logits, score_pairs(student, SENTENCES1, SENTENCES2), atol=1e-4)
+
+    # A graph copied in from another export is named on load, not run with the wrong head or encoder.
+    for name in ("pair_head.onnx", "encoder.onnx"):
+        mixed = shutil.copytree(exported[1], tmp_path / f"mixed-{name}")
+        shutil.copy(folder / name, mixed / name)
+        with pytest.raises(CorruptFileError, match=f"{name}.*comes from another save"):
+            OnnxStudent(mixed)

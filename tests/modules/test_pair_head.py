@@ -8,6 +8,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 import st_dse
+from st_dse.integrity import CorruptFileError
 from st_dse.modules.pair_head import PairHead
 from st_dse.student import add_pair_head, build_student, get_pair_head, load_student
 
@@ -163,11 +164,31 @@ def test_head_weights_not_matching_config_name_the_file(saved_student):
         load_student(str(saved_student))
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "config.json", "1_Pooling/config.json"])
+def test_a_changed_encoder_file_is_named_on_load(saved_student, name):
+    path = saved_student / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1  # one bit: same size, other bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match=f"{name} has SHA-256"):
+        load_student(str(saved_student))
+    if name == "model.safetensors":  # still loadable: an opt-out for weights one changed knowingly
+        load_student(str(saved_student), verify="size")
+
+
+def test_an_edited_model_card_still_loads(saved_student):
+    (saved_student / "README.md").write_text("# My student\n")
+    assert len(load_student(str(saved_student))) == 3
+
+
 def test_load_student_refuses_foreign_code(saved_student):
     modules_path = saved_student / "modules.json"
     modules = json.loads(modules_path.read_text())
     modules[-1]["type"] = "evil_package.Backdoor"
     modules_path.write_text(json.dumps(modules))
+    with pytest.raises(CorruptFileError, match="modules.json"):  # the checksums name the edited file first
+        load_student(str(saved_student))
+    (saved_student / "checksums.json").unlink()  # a folder from elsewhere: the refusal of foreign code names it
     with pytest.raises(ValueError, match="evil_package.Backdoor"):
         load_student(str(saved_student))
 
