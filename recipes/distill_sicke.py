@@ -6,7 +6,7 @@ Usage:
 
 from __future__ import annotations
 
-from distill import main
+from st_dse.recipes.distill import main
 
 if __name__ == "__main__":
     main(task="sick-e")

@@ -48,13 +48,7 @@ def one_torch_thread():
 
 
 def load_recipe(name: str):
-    """A script of recipes/ as a module (registered, so that dataclasses and pickling can find it)."""
-    import importlib.util
-    import sys
+    """A recipe's module (``st_dse.recipes.<name>``, what ``recipes/<name>.py`` and ``st-dse`` run)."""
+    import importlib
 
-    module_name = f"recipe_{name}"
-    spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"st_dse.recipes.{name}")

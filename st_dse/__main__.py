@@ -1,0 +1,3 @@
+from st_dse.cli import main
+
+main()

@@ -1,0 +1,120 @@
+r"""Label pairs (a task's split or your own file) with a teacher's raw logits into the cache, in shards if you like.
+
+Usage:
+    # One shard per process or machine (here 4); each labels about a quarter of the pairs into the cache.
+    st-dse label --task qqp-subset --teacher runs/qqp/teacher --data-dir DATA \
+        --shard-index 0 --num-shards 4 --cache-dir /shared/cache
+    ...
+    # Then check that every pair is cached and fold the shards' files into one (labels nothing):
+    st-dse label --task qqp-subset --teacher runs/qqp/teacher --data-dir DATA \
+        --merge --num-shards 4 --cache-dir /shared/cache
+
+Pairs are assigned to shards by a hash of their text, so every process agrees on the split whatever its row order.
+Shards may run at the same time with one shared --cache-dir, or on machines with their own cache folders: copy the
+folders' files into one folder (file names are unique) before --merge. Without shard options and without --merge,
+every missing pair is labelled. A killed shard loses at most its batch in flight: rerun the same command.
+
+recipes/distill.py with the same --teacher and --cache-dir then finds every logit cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+
+from sentence_transformers import CrossEncoder
+
+from st_dse.data import get_task, load_task
+from st_dse.data.pair_files import HubUnreachableError
+from st_dse.data.sources import DataConfig, load_pairs
+from st_dse.hub import resolve_model_name
+from st_dse.teacher import (
+    TeacherLogitCache,
+    default_cache_dir,
+    label_with_teacher,
+    pair_key,
+    shard_of,
+    teacher_fingerprint,
+)
+from st_dse.training.config import LabelConfig, parse_config
+from st_dse.training.train import quiet_libraries
+
+logger = logging.getLogger("label_teacher")
+
+
+def load_split(data: DataConfig, config: LabelConfig, teacher: CrossEncoder):
+    """The pairs to label: a split of the registered task, or your own training pairs."""
+    if data.own_pairs:
+        return load_pairs(data, teacher)[1]
+    return load_task(get_task(data.task), config.split, data.data_dir, max_samples=data.max_train_samples)
+
+
+def _count_scored_pairs(teacher: CrossEncoder) -> list[int]:
+    """Count the pairs the teacher actually scores (the rest came from the cache) in the returned one-item list."""
+    scored = [0]
+    predict = teacher.predict
+
+    def counting_predict(pairs, *args, **kwargs):
+        scored[0] += len(pairs)
+        return predict(pairs, *args, **kwargs)
+
+    teacher.predict = counting_predict
+    return scored
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
+    data, args = parse_config((DataConfig, LabelConfig), argv, description=__doc__)
+    try:
+        teacher = CrossEncoder(resolve_model_name(args.teacher))
+        dataset = load_split(data, args, teacher)
+    except (HubUnreachableError, FileNotFoundError, ValueError) as error:  # one line, not a traceback
+        raise SystemExit(f"error: {error}") from None
+    cache_dir = args.cache_dir or default_cache_dir()
+    source = data.task or data.train_file or data.dataset
+    summary = {"task": source, "split": args.split, "pairs": len(dataset), "teacher": args.teacher}
+
+    if args.merge:
+        cache = TeacherLogitCache(cache_dir, teacher_fingerprint(teacher))
+        keys = [pair_key(a, b) for a, b in zip(dataset["sentence1"], dataset["sentence2"])]
+        missing = [key for key in dict.fromkeys(keys) if key not in cache]
+        if missing:
+            where = ""
+            if args.num_shards:
+                per_shard = Counter(shard_of(key, args.num_shards) for key in missing)
+                where = " Unfinished shards (pairs missing): " + ", ".join(
+                    f"{shard} ({count})" for shard, count in sorted(per_shard.items())
+                )
+            raise SystemExit(
+                f"{len(missing)} of {len(set(keys))} distinct pairs have no cached logits in {cache.directory}."
+                f"{where}. Rerun those shards (a rerun labels only what is missing), then --merge again."
+            )
+        cache.merge()
+        summary.update(cached=len(keys), labelled=0, cache_files=[str(path) for path in cache.files])
+    else:
+        start = time.perf_counter()
+        scored = _count_scored_pairs(teacher)
+        labelled = label_with_teacher(
+            teacher,
+            dataset,
+            batch_size=args.batch_size,
+            cache_dir=cache_dir,
+            shard_index=args.shard_index,
+            num_shards=args.num_shards,
+        )
+        summary.update(
+            shard_index=args.shard_index,
+            num_shards=args.num_shards,
+            rows_in_shard=len(labelled),
+            labelled=scored[0],
+            seconds=round(time.perf_counter() - start, 1),
+        )
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
