@@ -100,7 +100,8 @@ from st_dse.training.config import TeacherConfig
 kind, source, plan_path = sys.argv[1:]
 plan = json.loads(open(plan_path).read())
 if kind == "teacher":  # no training: the weights are the seeded fresh classifier, the metrics name the save
-    train_module.CrossEncoderTrainer = lambda **kwargs: SimpleNamespace(train=lambda checkpoint: None)
+    untrained = SimpleNamespace(args=SimpleNamespace(disable_tqdm=True), train=lambda **_: None)
+    train_module.CrossEncoderTrainer = lambda **kwargs: untrained
     train_module.evaluate_cross_encoder = lambda cross_encoder, task, dataset: {"save": "B"}
     pairs = Dataset.from_dict(json.loads(os.environ["PAIRS"]))
     config = TeacherConfig(base_model=source, seed=1, max_length=32)
@@ -220,7 +221,8 @@ def _save_a_and_b(kind: str, tmp_path, minilm_path, monkeypatch) -> str:
     """Save A and B into ``tmp_path``; return what the child loads to save B."""
     if kind == "teacher":  # no training: the weights are the seeded fresh classifier, the metrics name the save
         encoder = str(build_tiny_encoder(tmp_path / "encoder", minilm_path))
-        monkeypatch.setattr(train_module, "CrossEncoderTrainer", lambda **kwargs: SimpleNamespace(train=lambda _: 0))
+        untrained = SimpleNamespace(args=SimpleNamespace(disable_tqdm=True), train=lambda **_: None)
+        monkeypatch.setattr(train_module, "CrossEncoderTrainer", lambda **kwargs: untrained)
         pairs = Dataset.from_dict(PAIRS)
         for seed, name in enumerate("AB"):
             monkeypatch.setattr(train_module, "evaluate_cross_encoder", lambda *args, name=name: {"save": name})
