@@ -70,8 +70,10 @@ def resolve_model_name(name_or_path: str | None = None) -> str:
             ``OSError``, with a one-sentence message).
     """
     name = name_or_path or DEFAULT_MODEL
-    if os.path.exists(name) or not _is_hub_id(name):
-        return name  # a folder, or a path that is none: the loader says what is wrong with it
+    if os.path.exists(name):
+        return name
+    if not _is_hub_id(name):  # a path (or a typo) that no loader could use
+        raise FileNotFoundError(f"No model folder at {name!r}, and it is not a Hub id: pass an existing folder.")
     default = name in DEFAULT_MODEL_ALIASES
     hub_id = DEFAULT_MODEL if default else name
     if _in_hub_cache(hub_id) or hub_reachable():

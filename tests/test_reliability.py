@@ -50,7 +50,7 @@ def build_tiny_encoder(folder: Path, minilm_path: str) -> Path:
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=32,
-        max_position_embeddings=64,
+        max_position_embeddings=128,
     )
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

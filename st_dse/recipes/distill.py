@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
 from sentence_transformers import CrossEncoder
+from transformers import AutoConfig
 
 from st_dse.data import augment_pairs, candidate_lists, get_task, list_labels, list_pairs, with_augmented
 from st_dse.data.pair_files import HubUnreachableError
@@ -74,6 +76,29 @@ def parse_args(argv: list[str] | None = None, task: str | None = None):
         except ValueError as error:
             raise SystemExit(f"error: {error}") from None
     return data, config, run
+
+
+def check_models(config: DistillConfig) -> None:
+    """Before any work: the models load (see resolve_model_name), --teacher is a cross-encoder, and the student's
+    encoder has the layers and positions --pooling-layers and --max-seq-length ask for."""
+    student = AutoConfig.from_pretrained(resolve_model_name(config.student))
+    teacher = resolve_model_name(config.teacher or config.teacher_base)
+    if config.teacher and os.path.isdir(teacher):
+        saved = Path(teacher, "config_sentence_transformers.json")
+        kind = json.loads(saved.read_text()).get("model_type") if saved.is_file() else None
+        architectures = AutoConfig.from_pretrained(teacher).architectures or []
+        if kind != "CrossEncoder" and not any(name.endswith("ForSequenceClassification") for name in architectures):
+            raise ValueError(
+                f"--teacher {teacher} is not a cross-encoder (a sentence encoder scores no pairs): pass a "
+                "CrossEncoder folder or Hub id, or fine-tune one with st-dse finetune-teacher."
+            )
+    limits = {"--pooling-layers": ("num_hidden_layers", config.pooling_layers, "layers")}
+    limits["--max-seq-length"] = ("max_position_embeddings", config.max_seq_length, "positions")
+    for option, (field_name, value, what) in limits.items():
+        if value is not None and value > getattr(student, field_name, value):
+            raise ValueError(
+                f"{option} {value}: the student's encoder {config.student} has {getattr(student, field_name)} {what}."
+            )
 
 
 def plan_teacher(config: DistillConfig, run: RunConfig, task, train, dev) -> tuple | None:
@@ -182,9 +207,8 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
         check_output_dir(run.output_dir, run.overwrite, run.resume)
         if not config.teacher:  # refuse a foreign OUTPUT_DIR-teacher now, whatever the flags
             check_output_dir(teacher_dir, True, True, kind="teacher")
-        for name in (config.student, config.teacher or config.teacher_base):  # loadable now, not after the data
-            resolve_model_name(name)
-    except (FileExistsError, HubUnreachableError, ValueError) as error:
+        check_models(config)
+    except (FileExistsError, FileNotFoundError, HubUnreachableError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     timings: dict[str, float] = {}
     metrics: dict[str, dict] = {}

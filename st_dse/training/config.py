@@ -47,6 +47,11 @@ def _check_ints(config: object, names: Sequence[str]) -> None:
             int_at_least(_flag(name), getattr(config, name))
 
 
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**32:  # what numpy's and torch's seeding accept
+        raise ValueError(f"--seed must be between 0 and 2**32 - 1, got {seed}.")
+
+
 @dataclass
 class TeacherConfig:
     """How a CrossEncoder teacher is fine-tuned on the task's gold labels."""
@@ -63,6 +68,7 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         _check_ints(self, ("epochs", "batch_size", "max_length"))
+        _check_seed(self.seed)
         check_number("lr", self.lr)
         check_number("classifier_lr", self.classifier_lr)
         check_number("warmup_ratio", self.warmup_ratio, 0.0, 1.0, above_low=False)
@@ -113,6 +119,7 @@ class DistillConfig:
     def __post_init__(self) -> None:
         ints = ("teacher_epochs", "epochs", "batch_size", "label_batch_size", "hidden_dim", "max_seq_length")
         _check_ints(self, (*ints, "pooling_layers", "ranking_queries"))
+        _check_seed(self.seed)
         int_at_least("--list-size", self.list_size, 2)  # a softmax over one candidate has nothing to rank
         for name in ("lr", "head_lr", "teacher_logit_scale", "temperature"):
             check_number(name, getattr(self, name))

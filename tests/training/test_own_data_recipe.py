@@ -10,6 +10,7 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from st_dse.integrity import write_manifest
+from st_dse.training.config import DistillConfig
 from tests.conftest import load_recipe
 from tests.test_reliability import build_tiny_encoder
 
@@ -118,3 +119,27 @@ def test_a_finished_run_removes_its_checkpoints_unless_kept(tmp_path, tiny, caps
     # The trainer's log lines are JSON with numbers, not strings of numbers.
     logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"')]
     assert logged and all(isinstance(value, (int, float)) for line in logged for value in line.values())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--student", "/no/such/folder"], "No model folder at '/no/such/folder'"),
+        (["--pooling-layers", "20"], "--pooling-layers 20: the student's encoder .* has 1 layers"),
+        (["--max-seq-length", "100000"], "--max-seq-length 100000: the student's encoder .* has 128 positions"),
+        (["--teacher", "STUDENT"], "is not a cross-encoder"),
+    ],
+)
+def test_settings_the_models_cannot_take_stop_before_any_work(tmp_path, tiny, extra, message):
+    teacher = _teacher(tiny, tmp_path / "teacher", 1)
+    train = tmp_path / "train.csv"
+    train.write_text("sentence1,sentence2,label\nA b,C d,1\nE f,G h,0\n")
+    extra = [tiny if value == "STUDENT" else value for value in extra]
+    with pytest.raises(SystemExit, match=message):
+        _run(tmp_path, tiny, teacher, train, train, *extra)
+    assert not (tmp_path / "cache").exists()  # nothing was labelled
+
+
+def test_a_seed_numpy_cannot_take_is_refused_when_parsed():
+    with pytest.raises(ValueError, match=r"--seed must be between 0 and 2\*\*32 - 1, got -1"):
+        DistillConfig(seed=-1)
