@@ -243,6 +243,8 @@ def _parse_labels(source: str, raw_labels: Sequence, column: str) -> tuple[list,
             raise ValueError(f"{source}: data row {row}, column {column!r}: the label is {error}.") from None
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{source}: data row {row}, column {column!r}: the label {raw!r} is not finite.")
+        if isinstance(value, (int, float)) and abs(value) >= 2**63:  # beyond any label, and beyond int64
+            raise ValueError(f"{source}: data row {row}, column {column!r}: the label {raw!r} is too large a number.")
         labels.append(value)
     present = [value for value in labels if value is not None]
     if any(isinstance(value, str) for value in present):
@@ -297,8 +299,9 @@ def task_from_teacher(
 ) -> TaskSpec:
     """The pair task ``cross_encoder`` was trained for, from its number of logits (``config.num_labels``).
 
-    * 1 logit: ``binary`` (class 1 when the logit is > 0), unless the gold ``labels`` are graded (a value other than
-      0 and 1), the config says ``problem_type="regression"`` or ``problem_type="regression"`` is passed.
+    * 1 logit: ``binary`` (class 1 when the logit is > 0), unless the gold ``labels`` are graded (fractions), the
+      config says ``problem_type="regression"`` or ``problem_type="regression"`` is passed. Whole-number labels other
+      than 0 and 1 (0/1/2, -1) are refused: pass ``problem_type`` to say whether they are scores.
     * 2 logits: ``binary`` with one output (``label_with_teacher`` reduces them to ``l1 - l0``);
       ``problem_type="multiclass"`` keeps both.
     * k >= 3 logits: ``multiclass`` with k outputs.
@@ -317,7 +320,13 @@ def task_from_teacher(
             raise ValueError(f"A teacher with {num_logits} logit(s) cannot be used for a {problem_type} task.")
         kind = problem_type
     elif num_logits == 1:
-        kind = "regression" if getattr(config, "problem_type", None) == "regression" or _graded(labels) else "binary"
+        says_regression = getattr(config, "problem_type", None) == "regression"
+        kind = "regression" if says_regression or _graded(labels) else "binary"
+        if not says_regression and _whole_numbers_beyond_binary(labels):  # 0/1/2: classes or integer scores?
+            raise ValueError(
+                "The gold labels are whole numbers other than 0 and 1, and the teacher has one logit: pass "
+                "--problem-type regression if they are graded scores, or a teacher with one logit per class."
+            )
     else:
         kind = "binary" if num_logits == 2 else "multiclass"
     if num_logits == 2 and kind == "multiclass":
@@ -342,6 +351,12 @@ def _graded(labels: Sequence | None) -> bool:
         if isinstance(value, (int, float)) and value not in (0, 1):
             return True
     return False
+
+
+def _whole_numbers_beyond_binary(labels: Sequence | None) -> bool:
+    """True when every numeric label is whole and some are neither 0 nor 1 (classes, or integer scores?)."""
+    values = [value for value in map(parse_label, labels or ()) if isinstance(value, (int, float))]
+    return bool(values) and all(float(value).is_integer() for value in values) and _graded(values)
 
 
 def task_from_labels(labels: Sequence, problem_type: str | None = None, name: str = "custom") -> TaskSpec:

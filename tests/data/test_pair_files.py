@@ -336,6 +336,11 @@ def test_one_logit_teacher_binary_regression_and_override(score_teacher):
     assert graded.metrics == ("spearman", "pearson") and graded.main_metric == "spearman"
     forced = task_from_teacher(score_teacher, problem_type="regression")
     assert forced.problem_type == "regression" and forced.label_names == ()
+    # Whole numbers beyond 0/1 could be classes or integer scores: the user says which.
+    for labels in ([0, 1, 2], [0, -1]):
+        with pytest.raises(ValueError, match="whole numbers other than 0 and 1.*--problem-type regression"):
+            task_from_teacher(score_teacher, labels=labels)
+    assert task_from_teacher(score_teacher, labels=[0, 1, 2], problem_type="regression").problem_type == "regression"
     scores = compute_metrics(forced, logits_to_predictions(forced, [[0.1], [0.5], [0.3]]), [1.0, 3.0, 2.0])
     assert scores["main"] == pytest.approx(100.0)
 
@@ -481,3 +486,11 @@ def test_hub_pairs_map_columns_and_class_ids(monkeypatch, nli_teacher, caplog):
         mapped = load_hub_pairs("nyu-mll/glue", "mnli", label_names=task.label_names)
     assert mapped["label"] == [1, 0, None]  # the teacher's ids: contradiction 0, entailment 1, neutral 2
     assert "by name" in caplog.text
+
+
+def test_a_label_too_large_for_any_number_type_names_its_row(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"sentence1": "a", "sentence2": "b", "label": 0}, {"sentence1": "c", "sentence2": "d", "label": 10**40}]
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    with pytest.raises(ValueError, match="data row 2, column 'label': the label .* is too large a number"):
+        read_pair_file(path)
