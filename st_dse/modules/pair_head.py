@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors_model
 from sentence_transformers.base.modules import Module
 from torch import Tensor, nn
@@ -146,7 +146,14 @@ class PairHead(Module):
             for name in (cls.config_file_name, WEIGHTS_NAME)
         )
         try:
-            head = cls(**json.loads(Path(config_path).read_text(encoding="utf-8")))
+            config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+            with torch.device("meta"):  # the config's shapes, without allocating them
+                expected = {name: list(value.shape) for name, value in cls(**config).state_dict().items()}
+            with safe_open(weights_path, "pt") as weights:  # the saved shapes, from the file's header only
+                saved = {name: weights.get_slice(name).get_shape() for name in weights.keys()}
+            if saved != expected:
+                raise ValueError("the config's layer sizes are not those of the saved weights")
+            head = cls(**config)
             load_safetensors_model(head, weights_path)  # strict: every weight, in the shapes of the config
         except (TypeError, ValueError, RuntimeError, SafetensorError) as error:
             raise ValueError(

@@ -164,6 +164,22 @@ def test_head_weights_not_matching_config_name_the_file(saved_student):
         load_student(str(saved_student))
 
 
+def test_head_sizes_are_checked_against_the_weights_header_before_anything_is_allocated(saved_student, monkeypatch):
+    config_path = saved_student / "pair_head" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "hidden_dim": 3_000_000}))
+    (saved_student / "pair_head" / "checksums.json").unlink()  # as if the checksums had been updated to match
+    devices, build = [], PairHead.__init__
+
+    def recording_init(self, *args, **kwargs):
+        devices.append(torch.get_default_device().type)
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(PairHead, "__init__", recording_init)
+    with pytest.raises(ValueError, match="layer sizes are not those of the saved weights"):
+        load_student(str(saved_student))
+    assert devices == ["meta"]  # 18 GB of layers never built
+
+
 @pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "config.json", "1_Pooling/config.json"])
 def test_a_changed_encoder_file_is_named_on_load(saved_student, name):
     path = saved_student / name
