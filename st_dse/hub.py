@@ -43,7 +43,8 @@ def _in_hub_cache(model_id: str) -> bool:
     return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
 
 
-def _is_hub_id(name: str) -> bool:
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` has the form of a Hub repository id (``org/name``)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -70,10 +71,8 @@ def resolve_model_name(name_or_path: str | None = None) -> str:
             ``OSError``, with a one-sentence message).
     """
     name = name_or_path or DEFAULT_MODEL
-    if os.path.exists(name):
-        return name
-    if not _is_hub_id(name):  # a path (or a typo) that no loader could use
-        raise FileNotFoundError(f"No model folder at {name!r}, and it is not a Hub id: pass an existing folder.")
+    if os.path.exists(name) or not is_hub_id(name):
+        return name  # a folder, or a path that is none: the loader says what is wrong with it
     default = name in DEFAULT_MODEL_ALIASES
     hub_id = DEFAULT_MODEL if default else name
     if _in_hub_cache(hub_id) or hub_reachable():

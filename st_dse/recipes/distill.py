@@ -33,7 +33,7 @@ from transformers import AutoConfig
 from st_dse.data import augment_pairs, candidate_lists, get_task, list_labels, list_pairs, with_augmented
 from st_dse.data.pair_files import HubUnreachableError
 from st_dse.data.sources import DataConfig, load_pairs
-from st_dse.hub import resolve_model_name
+from st_dse.hub import is_hub_id, resolve_model_name
 from st_dse.inference import score_pairs
 from st_dse.integrity import recover_interrupted_save
 from st_dse.losses import check_teacher_logit_scale
@@ -81,6 +81,9 @@ def parse_args(argv: list[str] | None = None, task: str | None = None):
 def check_models(config: DistillConfig) -> None:
     """Before any work: the models load (see resolve_model_name), --teacher is a cross-encoder, and the student's
     encoder has the layers and positions --pooling-layers and --max-seq-length ask for."""
+    for name in (config.student, config.teacher or config.teacher_base):
+        if not os.path.exists(name) and not is_hub_id(name):
+            raise FileNotFoundError(f"No model folder at {name!r}, and it is not a Hub id: pass an existing folder.")
     student = AutoConfig.from_pretrained(resolve_model_name(config.student))
     teacher = resolve_model_name(config.teacher or config.teacher_base)
     if config.teacher and os.path.isdir(teacher):
