@@ -17,7 +17,7 @@ from sentence_transformers.cross_encoder.evaluation import (
 from sklearn.metrics import average_precision_score, f1_score
 
 from st_dse.inference.reranker import DSEReranker, check_rank_inputs
-from st_dse.student import DSEStudent, build_student, load_student
+from st_dse.student import DSEStudent, load_student
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,23 +29,6 @@ PAIRS = [
     ["A monkey is playing drums.", "A monkey plays the drums."],
     ["A cheetah is running.", "Two men pushed carts through the woods."],
 ]
-
-
-@pytest.fixture(scope="module")
-def binary_student(minilm_path):
-    torch.manual_seed(0)
-    return build_student(minilm_path, num_labels=1, hidden_dim=64)
-
-
-@pytest.fixture(scope="module")
-def three_label_student(minilm_path):
-    torch.manual_seed(0)
-    return build_student(minilm_path, num_labels=3, hidden_dim=64)
-
-
-@pytest.fixture
-def reranker(binary_student):
-    return DSEReranker(binary_student)
 
 
 def test_classification_evaluator_matches_sklearn(reranker):

@@ -33,23 +33,6 @@ CORPUS = [
 PAIRS = [["what is AI?", "AI is artificial intelligence."], ["what is ML?", "ML is machine learning."]]
 
 
-@pytest.fixture(scope="module")
-def binary_student(minilm_path):
-    torch.manual_seed(0)
-    return build_student(minilm_path, num_labels=1, hidden_dim=64)
-
-
-@pytest.fixture(scope="module")
-def three_label_student(minilm_path):
-    torch.manual_seed(0)
-    return build_student(minilm_path, num_labels=3, hidden_dim=64)
-
-
-@pytest.fixture
-def reranker(binary_student):
-    return DSEReranker(binary_student)
-
-
 @pytest.fixture
 def nli_reranker(three_label_student):
     return DSEReranker(three_label_student)
