@@ -8,6 +8,9 @@ import os
 import socket
 from typing import Any
 
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -38,15 +41,11 @@ def packaged_default_model_path() -> str | None:
 
 
 def _in_hub_cache(model_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
 
 
 def is_hub_id(name: str) -> bool:
     """Whether ``name`` has the form of a Hub repository id (``org/name``)."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     try:
         validate_repo_id(name)
     except HFValidationError:
@@ -92,4 +91,5 @@ def resolve_model_name(name_or_path: str | None = None) -> str:
 
 
 def hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The download options (``token``, ``revision``, ...) among a loader's ``kwargs``."""
     return {key: kwargs[key] for key in HUB_DOWNLOAD_OPTIONS if key in kwargs}

@@ -93,17 +93,14 @@ def verify_manifest(
 ) -> bool:
     """Check ``files`` (default: all listed) against the manifest; a mismatch is a :class:`CorruptFileError`.
 
-    Args:
-        verify: ``"full"`` (sizes, then SHA-256 of every byte), ``"size"`` (existence and size) or ``"none"``.
-        remedy: Ends error messages.
-
-    Returns True when all matched, False when nothing was checked (no manifest, or ``"none"``).
+    ``verify``: ``"full"`` (sizes, then SHA-256 of every byte), ``"size"`` (existence and size) or ``"none"``;
+    ``remedy`` ends error messages. Returns True when all matched, False when nothing was checked (no manifest, or
+    ``"none"``).
     """
     if verify not in get_args(VerifyMode):
         raise ValueError(f"verify must be one of {get_args(VerifyMode)}, got {verify!r}.")
     directory = Path(directory)
-    entries = read_manifest(directory, name) if verify != "none" else None
-    if entries is None:
+    if verify == "none" or (entries := read_manifest(directory, name)) is None:
         return False
     selected = list(entries) if files is None else [_relative(directory, file) for file in files]
     for relative in selected:  # every size before any hash: a truncated file is named without reading the others
@@ -136,10 +133,8 @@ def _is_safe(relative: Any) -> bool:
 
 def _relative(directory: Path, file: PathLike, must_exist: bool = False) -> str:
     path = Path(file)
-    relative = (
-        path.relative_to(directory) if path.is_absolute() and path.is_relative_to(directory) else path
-    ).as_posix()
-    if not _is_safe(relative):
+    relative = path.relative_to(directory) if path.is_absolute() and path.is_relative_to(directory) else path
+    if not _is_safe(relative := relative.as_posix()):
         raise ValueError(f"{file!s} is not a path inside {directory}; list files relative to the folder.")
     if must_exist and not (directory / relative).is_file():
         raise FileNotFoundError(f"Cannot record {directory / relative} in the manifest: it is not a file.")
@@ -151,14 +146,11 @@ def atomic_save_dir(target: PathLike, write: Callable[[Path], Any], *, kind: str
 
     Only a folder that st_dse saved as the same ``kind`` is replaced: a ``target`` holding any file its manifest does
     not list (a file of yours, another kind of save) is refused before anything is written (:func:`foreign_files`).
-    The new folder is fsynced, the old ``target`` renamed aside, the new one renamed in, the old one deleted: a kill
-    at any moment leaves the whole old or new folder, and the next save or load (:func:`recover_interrupted_save`)
-    clears what it left. One process at a time may save to ``target``, and none load it meanwhile.
-
-    Args:
-        target: The folder to replace (or create).
-        write: Writes the new folder's files into the path it is given; if it fails, ``target`` is untouched.
-        kind: What is saved ("student", "index", ...), recorded with every written file in the folder's manifest.
+    The new folder is written beside ``target`` and fsynced, the old ``target`` renamed aside, the new one renamed in,
+    the old one deleted: a kill at any moment leaves the whole old or new folder, and the next save or load
+    (:func:`recover_interrupted_save`) clears what it left. One process at a time may save to ``target``, and none
+    load it meanwhile. ``write`` failing leaves ``target`` untouched; ``kind`` ("student", "index", ...) is recorded
+    with every written file in the folder's manifest.
     """
     target = Path(os.path.abspath(target))
     recover_interrupted_save(target)  # first: an old folder waiting beside target is named in any refusal
@@ -168,8 +160,8 @@ def atomic_save_dir(target: PathLike, write: Callable[[Path], Any], *, kind: str
     if foreign := foreign_files(target, kind):
         listed = f"{', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}"
         raise FileExistsError(
-            f"Cannot save over {target}: it holds files that are not part of an st_dse {kind} save ({listed}); "
-            "move them away or save to another folder."
+            f"Cannot save over {target}: it holds files that are not part of an st_dse {kind} save ({listed}); move "
+            "them away or save to another folder."
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     new, old = _sibling(target, "tmp"), _sibling(target, "old")
@@ -214,8 +206,8 @@ def recover_interrupted_save(target: PathLike) -> bool:
     save was killed between its two renames (then return True), and delete the rest. Run it while no save runs.
 
     The old folder is deleted only when ``target`` holds a whole save (every file its manifest lists, at its recorded
-    size). An empty folder made at ``target`` meanwhile is replaced by the old one; any other content
-    is refused with a :class:`FileExistsError` naming both folders, and nothing is moved or deleted."""
+    size). An empty folder made at ``target`` meanwhile is replaced by the old one; any other content is refused with
+    a :class:`FileExistsError` naming both folders, and nothing is moved or deleted."""
     target = Path(os.path.abspath(target))
     prefixes = tuple(f".{target.name}.{kind}-" for kind in ("old", "tmp", "del"))
     try:
@@ -223,8 +215,7 @@ def recover_interrupted_save(target: PathLike) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     olds = [path for path in leftovers if path.name.startswith(prefixes[0]) and path.is_dir()]
-    restored = bool(olds) and not _is_whole_save(target)
-    if restored:
+    if restored := bool(olds) and not _is_whole_save(target):
         old = max(olds, key=lambda path: path.stat().st_ctime)  # the newest, should several saves have been killed
         with contextlib.suppress(OSError):  # succeeds only for an empty folder: nothing of anyone's is lost
             os.rmdir(target)

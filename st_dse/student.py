@@ -144,41 +144,42 @@ class DSEStudent(SentenceTransformer):
     """
 
     def __init__(self, model_name_or_path: str | None = None, *args, verify: VerifyMode = "full", **kwargs) -> None:
-        options = hub_kwargs(kwargs)
-        folder = model_name_or_path and (os.path.isabs(model_name_or_path) or os.path.isdir(model_name_or_path))
+        if kwargs.get("trust_remote_code"):
+            raise ValueError(f"trust_remote_code=True is refused: st_dse loads students without it. {TRUST_REMEDY}")
+        options, name = hub_kwargs(kwargs), model_name_or_path
+        folder = name and (os.path.isabs(name) or os.path.isdir(name))
         if folder:
-            recover_interrupted_save(model_name_or_path)  # a folder, not a Hub id: repair a save killed midway
-        foreign = check_model_folder(model_name_or_path, kwargs.get("trust_remote_code", False), **options)
-        if folder and verify != "none" and (entries := read_manifest(model_name_or_path)):
+            recover_interrupted_save(name)  # a folder, not a Hub id: repair a save killed midway
+        foreign = check_model_folder(name, **options) if name else []
+        if folder and verify != "none" and (entries := read_manifest(name)):
             # Before anything parses them. The model card is prose one may edit; PairHead.load checks the head's files.
             files = [file for file in entries if file != "README.md" and not file.startswith(f"{PAIR_HEAD_FOLDER}/")]
-            verify_manifest(model_name_or_path, files=files, verify=verify, remedy=RESAVE)
+            verify_manifest(name, files=files, verify=verify, remedy=RESAVE)
         try:
-            super().__init__(model_name_or_path, *args, **kwargs)
+            super().__init__(name, *args, **kwargs)
         except (ValueError, pickle.UnpicklingError) as error:
-            message = loading_refusal(model_name_or_path, error, foreign)
+            message = loading_refusal(name, error, foreign)
             raise (error if message is None else ValueError(message)) from None
-        if model_name_or_path is None or any(isinstance(module, PairHead) for module in self):
+        if name is None or any(isinstance(module, PairHead) for module in self):
             return
-        if PairHead.load_file_path(model_name_or_path, PairHead.config_file_name, PAIR_HEAD_FOLDER, **options):
-            self.append(PairHead.load(model_name_or_path, subfolder=PAIR_HEAD_FOLDER, **options).to(self.device))
+        if PairHead.load_file_path(name, PairHead.config_file_name, PAIR_HEAD_FOLDER, **options):
+            self.append(PairHead.load(name, subfolder=PAIR_HEAD_FOLDER, **options).to(self.device))
 
     def _load_module_class_from_ref(self, class_ref: str, *args, **kwargs) -> type:
-        # sentence-transformers offers plugins no public way to name their module classes
-        # (huggingface/sentence-transformers#3935 made its trust_remote_code gate strict): st_dse's own resolve here.
+        # sentence-transformers offers plugins no public way to name their own module classes: since
+        # huggingface/sentence-transformers#3935 every class outside its package needs trust_remote_code, and its
+        # `module_classes` mapping is private. The one override st_dse needs: its own classes resolve here, every
+        # other reference goes through sentence-transformers' own refusal.
         return OWN_TYPES.get(class_ref) or super()._load_module_class_from_ref(class_ref, *args, **kwargs)
 
     def save(self, path: str, *args, **kwargs) -> None:
         """Save the encoder as a sentence-transformers folder and the head in ``pair_head/``; saving over a model
         folder is all or nothing (a run killed at any moment leaves the old model or the new one)."""
-        atomic_save_dir(path, lambda folder: self._save_into(str(folder), *args, **kwargs), kind="student")
+        atomic_save_dir(path, lambda folder: self.save_pretrained(str(folder), *args, **kwargs), kind="student")
 
     def save_pretrained(self, path: str, *args, **kwargs) -> None:
         """The same files written straight into ``path``: what a trainer's checkpoints use, in folders the trainer
         owns (it writes its optimizer state beside them). Use :meth:`save` for a model folder."""
-        self._save_into(path, *args, **kwargs)
-
-    def _save_into(self, path: str, *args, **kwargs) -> None:
         heads = [(name, module) for name, module in self.named_children() if isinstance(module, PairHead)]
         for name, _ in heads:  # out of the module list while the encoder is saved, so modules.json does not name it
             delattr(self, name)
@@ -208,17 +209,27 @@ def load_model(model_name_or_path: str = DEFAULT_MODEL, **kwargs) -> DSEStudent:
     return DSEStudent(resolve_model_name(model_name_or_path), **kwargs)
 
 
-def check_model_folder(name: str | None, trust_remote_code: bool = False, **options) -> list[str]:
-    """Refuse ``trust_remote_code``, a damaged ``modules.json`` or a ``Dense`` activation (in a Router too) that is not
-    a torch class, before anything loads; return where the folder names module classes from other packages."""
-    if trust_remote_code:
-        raise ValueError(f"trust_remote_code=True is refused: st_dse loads students without it. {TRUST_REMEDY}")
-    modules_path = load_file_path(name, "modules.json", **options) if name else None
+def check_model_folder(name: str, **options) -> list[str]:
+    """Refuse a damaged ``modules.json`` or a ``Dense`` activation (in a Router too) that is not a torch class, before
+    anything loads; return where the folder names module classes from other packages (for :func:`loading_refusal`).
+
+    The activation is the one thing sentence-transformers' own refusal misses: it replaces a class it may not import
+    with Tanh, silently changing the embeddings."""
+    modules_path = load_file_path(name, "modules.json", **options)
     entries = _read_json(modules_path, list, "a JSON list of module entries") if modules_path else []
+    listed = []
     for index, entry in enumerate(entries):
-        if problem := _entry_problem(entry):
-            raise ValueError(f"{modules_path}, entry {index} {problem} {REPAIR_REMEDY}")
-    listed = [(f"{modules_path}, entry {i}", entry["type"], entry["path"]) for i, entry in enumerate(entries)]
+        if not isinstance(entry, dict):
+            problem = f"is {entry!r}, expected an object with 'name', 'path' and 'type'."
+        elif key := next((key for key in ("name", "path", "type") if not isinstance(entry.get(key), str)), None):
+            found = "has no" if key not in entry else f"has a non-string ({entry[key]!r})"
+            problem = (
+                f"({entry}) {found} {key!r} key, expected a string: every module entry needs 'name', 'path', 'type'."
+            )
+        else:
+            listed.append((f"{modules_path}, entry {index}", entry["type"], entry["path"]))
+            continue
+        raise ValueError(f"{modules_path}, entry {index} {problem} {REPAIR_REMEDY}")
     foreign = []
     while listed:  # depth first: the modules of a Router follow it
         where, class_ref, subfolder = listed.pop(0)
@@ -248,24 +259,15 @@ def check_model_folder(name: str | None, trust_remote_code: bool = False, **opti
     return foreign
 
 
-def _entry_problem(entry: Any) -> str | None:
-    if not isinstance(entry, dict):
-        return f"is {entry!r}, expected an object with 'name', 'path' and 'type'."
-    key = next((key for key in ("name", "path", "type") if not isinstance(entry.get(key), str)), None)
-    found = "has no" if key not in entry else f"has a non-string ({entry[key]!r})"
-    return (
-        key and f"({entry}) {found} {key!r} key, expected a string: every module entry needs 'name', 'path', 'type'."
-    )
-
-
 def _read_json(path: str, kind: type, expected: str) -> Any:
     """The JSON value in ``path``, or a ValueError when it is not JSON of the ``kind`` expected."""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
+        problem = None if isinstance(value, kind) else f"holds a JSON {type(value).__name__}, expected {expected}"
     except ValueError as error:  # not UTF-8, or not JSON
-        raise ValueError(f"{path} is not valid JSON ({error}); expected {expected}. {REPAIR_REMEDY}") from None
-    if not isinstance(value, kind):
-        raise ValueError(f"{path} holds a JSON {type(value).__name__}, expected {expected}. {REPAIR_REMEDY}")
+        problem = f"is not valid JSON ({error}); expected {expected}"
+    if problem:
+        raise ValueError(f"{path} {problem}. {REPAIR_REMEDY}") from None
     return value
 
 
@@ -288,7 +290,7 @@ def loading_refusal(model_name_or_path: str, error: Exception, foreign: list[str
     found = foreign + [file for file in files if file.endswith(".py")]
     for file in (file for file in files if file.endswith("config.json")):
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            auto_map = json.loads(Path(model_name_or_path, file).read_text(encoding="utf-8")).get("auto_map")
+            auto_map = json.loads((folder / file).read_text(encoding="utf-8")).get("auto_map")
             found += [f"'auto_map' {json.dumps(auto_map)} in {file}"] if auto_map else []
     what = f": {'; '.join(found)}" if found else ""
     source = f"{model_name_or_path!r} asks for code from outside sentence-transformers and st_dse{what}"

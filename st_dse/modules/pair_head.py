@@ -63,14 +63,9 @@ class PairHead(Module):
         settings = (in_features, num_labels, head_type, hidden_dim, problem_type, rank, dropout, label_names)
         if problem := _setting_problem(*settings):
             raise ValueError(problem)
-        self.in_features, self.num_labels, self.head_type, self.hidden_dim = (
-            in_features,
-            num_labels,
-            head_type,
-            hidden_dim,
-        )
-        self.problem_type, self.rank = problem_type, rank if rank is not None else max(1, hidden_dim // 4)
-        self.dropout, self.label_names = dropout, list(label_names) if label_names is not None else None
+        self.in_features, self.num_labels, self.hidden_dim, self.dropout = in_features, num_labels, hidden_dim, dropout
+        self.head_type, self.problem_type, self.rank = head_type, problem_type, rank or max(1, hidden_dim // 4)
+        self.label_names = list(label_names) if label_names is not None else None
         if head_type == "concat":
             self.classifier = _mlp(4 * in_features, hidden_dim, num_labels, dropout)
         else:  # each side outputs, per label, `rank` vector components and one bias term
@@ -148,12 +143,13 @@ class PairHead(Module):
         try:
             config = json.loads(Path(config_path).read_text(encoding="utf-8"))
             with torch.device("meta"):  # the config's shapes, without allocating them
-                expected = {name: list(value.shape) for name, value in cls(**config).state_dict().items()}
+                head = cls(**config)
+            expected = {name: list(value.shape) for name, value in head.state_dict().items()}
             with safe_open(weights_path, "pt") as weights:  # the saved shapes, from the file's header only
                 saved = {name: weights.get_slice(name).get_shape() for name in weights.keys()}
             if saved != expected:
                 raise ValueError("the config's layer sizes are not those of the saved weights")
-            head = cls(**config)
+            head = head.to_empty(device="cpu")
             load_safetensors_model(head, weights_path)  # strict: every weight, in the shapes of the config
         except (TypeError, ValueError, RuntimeError, SafetensorError) as error:
             raise ValueError(
