@@ -16,15 +16,6 @@ CONFIG_METADATA = {"architectures", "transformers_version"}
 TOKENIZER_CALL_STATE = {"truncation", "padding"}
 
 
-def hash_state_dict(digest: hashlib._Hash, module: nn.Module) -> None:
-    """Feed every weight of ``module`` (name, dtype, shape and bytes) into ``digest``."""
-    for name, tensor in module.state_dict().items():
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        if tensor.numel():
-            digest.update(tensor.view(torch.uint8).numpy().tobytes())
-
-
 def model_fingerprint(model: nn.Module) -> str:
     """A hex digest of what decides a sentence-transformers model's outputs (a SentenceTransformer or a CrossEncoder).
 
@@ -36,7 +27,11 @@ def model_fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256(json.dumps(_model_settings(model), sort_keys=True, default=str).encode())
     for name, module in model.named_children():
         digest.update(json.dumps(_module_settings(name, module), sort_keys=True, default=str).encode())
-    hash_state_dict(digest, model)
+    for name, tensor in model.state_dict().items():  # every weight: name, dtype, shape and bytes
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        if tensor.numel():
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -31,9 +31,7 @@ def default_cache_dir() -> Path:
 
 def pair_key(sentence1: str, sentence2: str) -> bytes:
     """A 16-byte digest of one ordered pair; the length prefix keeps ("ab", "c") apart from ("a", "bc")."""
-    text = f"{len(sentence1)}:{sentence1}\x1f{sentence2}".encode(
-        "utf-8", "surrogatepass"
-    )  # surrogateescape'd text too
+    text = f"{len(sentence1)}:{sentence1}\x1f{sentence2}".encode("utf-8", "surrogatepass")  # surrogateescape'd too
     return hashlib.blake2b(text, digest_size=KEY_BYTES).digest()
 
 

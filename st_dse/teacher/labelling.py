@@ -22,8 +22,7 @@ PROGRESS_BAR_MIN_PAIRS = 1000
 
 
 def teacher_fingerprint(cross_encoder: CrossEncoder) -> str:
-    """A hex digest of everything that decides the teacher's logits (see :func:`st_dse.fingerprint.model_fingerprint`):
-    weights, model config, module settings, prompts, activation function, tokenizer and maximum length. A
+    """A hex digest of everything that decides the teacher's logits (:func:`st_dse.fingerprint.model_fingerprint`): a
     re-fine-tuned or reconfigured teacher gets a new one; the same teacher loaded again keeps it."""
     return model_fingerprint(cross_encoder)
 
@@ -83,8 +82,7 @@ def label_with_teacher(
     if problem := _argument_problem(shard_index, num_shards, require_cached, use_cache):
         raise ValueError(problem)
     dataset = as_dataset(dataset, "label_with_teacher")
-    missing = [c for c in (sentence1_column, sentence2_column) if c not in dataset.column_names]
-    if missing:
+    if missing := [c for c in (sentence1_column, sentence2_column) if c not in dataset.column_names]:
         raise ValueError(f"The dataset has no column(s) {missing}; its columns are {dataset.column_names}.")
     sentences1, sentences2 = list(dataset[sentence1_column]), list(dataset[sentence2_column])
     check_pairs(sentences1, sentences2)
