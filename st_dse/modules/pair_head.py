@@ -95,14 +95,14 @@ class PairHead(Module):
         u, v = self._inputs(embeddings1, embeddings2, paired=True)
         if self.head_type == "concat":
             return self.classifier(torch.cat([u, v, u * v, torch.abs(u - v)], dim=-1))
-        return (self.query_vectors(u) * self.candidate_vectors(v)).sum(-1)
+        return (self._vectors(u, query=True) * self._vectors(v, query=False)).sum(-1)
 
     def score_all(self, query_embeddings: Tensor, candidate_embeddings: Tensor) -> Tensor:
         """Logits ``(num_queries, num_candidates, num_labels)`` of every query against every candidate, without
         dropout; the concat head computes the query terms once per query (see :func:`concat_hidden`)."""
         queries, candidates = self._inputs(query_embeddings, candidate_embeddings)
         if self.head_type == "factorized":
-            return torch.einsum("qkr,nkr->qnk", self.query_vectors(queries), self.candidate_vectors(candidates))
+            return torch.einsum("qkr,nkr->qnk", self._vectors(queries, True), self._vectors(candidates, False))
         if len(queries) == 0:
             return queries.new_zeros((0, len(candidates), self.num_labels))
         return torch.stack([concat_logits(self, query, candidates) for query in queries])
@@ -110,18 +110,18 @@ class PairHead(Module):
     def query_vectors(self, embeddings: Tensor) -> Tensor:
         """Factorized head only: ``(batch, num_labels, rank + 2)`` vectors whose inner product with
         :meth:`candidate_vectors` is exactly the logit, bias included."""
-        vector, side_bias = self._side("query_projection", embeddings)
-        return torch.cat([vector, torch.ones_like(side_bias), side_bias + self.bias[:, None]], dim=-1)
+        return self._vectors(*self._inputs(embeddings, factorized=True), query=True)
 
     def candidate_vectors(self, embeddings: Tensor) -> Tensor:
         """Factorized head only: candidate-side vectors ``(batch, num_labels, rank + 2)``; see query_vectors."""
-        vector, side_bias = self._side("candidate_projection", embeddings)
-        return torch.cat([vector, side_bias, torch.ones_like(side_bias)], dim=-1)
+        return self._vectors(*self._inputs(embeddings, factorized=True), query=False)
 
-    def _side(self, projection: str, embeddings: Tensor) -> tuple[Tensor, Tensor]:
-        (embeddings,) = self._inputs(embeddings, factorized=True)
-        out = getattr(self, projection)(embeddings).view(*embeddings.shape[:-1], self.num_labels, self.rank + 1)
-        return out[..., :-1], out[..., -1:]
+    def _vectors(self, embeddings: Tensor, query: bool) -> Tensor:
+        projection = self.query_projection if query else self.candidate_projection
+        out = projection(embeddings).view(*embeddings.shape[:-1], self.num_labels, self.rank + 1)
+        vector, side_bias = out[..., :-1], out[..., -1:]
+        ones = torch.ones_like(side_bias)
+        return torch.cat([vector, ones, side_bias + self.bias[:, None]] if query else [vector, side_bias, ones], -1)
 
     def save(self, output_path: str, *args, **kwargs) -> None:
         os.makedirs(output_path, exist_ok=True)
