@@ -64,7 +64,8 @@ class LocalFile:
 
 @dataclass(frozen=True)
 class Benchmark:
-    """Where a registered task's data lives: its labelled splits, their local files and the hub dataset, if any."""
+    """Where a registered task's data lives: its labelled splits, their local files and the hub dataset, if any.
+    The dev split is the first validation split (MNLI's matched one)."""
 
     local_files: dict[str, LocalFile]
     hub_dataset: str | None = None
@@ -72,17 +73,21 @@ class Benchmark:
     hub_text_columns: tuple[str, str] = ("sentence1", "sentence2")
     hub_splits: tuple[str, ...] = ()
     data_source: str = GLUE_SOURCE
-    dev_split: str = "validation"
 
     @property
     def splits(self) -> tuple[str, ...]:
         return tuple(self.local_files)
 
+    @property
+    def dev_split(self) -> str:
+        return next(split for split in self.splits if split.startswith("validation"))
 
-def _glue(folder: str, *columns: str, hub_columns=("sentence1", "sentence2"), **options) -> Benchmark:
+
+def _glue(folder: str, *columns: str, hub_columns: tuple[str, str] | None = None, **options) -> Benchmark:
+    """GLUE files with these header columns (the hub's text columns: the first two unless named)."""
     files = options.pop("files", {"train": "train.tsv", "validation": "dev.tsv"})
     local = {split: LocalFile(f"glue/{folder}/{name}", *columns) for split, name in files.items()}
-    hub = ("nyu-mll/glue", folder.lower().replace("-", ""), hub_columns, tuple(files))
+    hub = ("nyu-mll/glue", folder.lower().replace("-", ""), hub_columns or columns[:2], tuple(files))
     return Benchmark({**local, **options.pop("extra", {})}, *hub, **options)
 
 
@@ -104,35 +109,18 @@ _SUBSET_SOURCE = (
     f"a third-party 23,497-row sample of GLUE QQP train.tsv, at <data-dir>/{_SUBSET_FILE}; {_DATA_DIR_HINT}"
 )
 _STS_TEST = LocalFile("stsbenchmark/sts-test.csv", 5, 6, 4, (7, 9), source=STSBENCHMARK_SOURCE)
-_MNLI_FILES = {
-    "train": "train.tsv",
-    "validation_matched": "dev_matched.tsv",
-    "validation_mismatched": "dev_mismatched.tsv",
-}
+_MNLI_FILES = {"train": "train.tsv", **{f"validation_{part}": f"dev_{part}.tsv" for part in ("matched", "mismatched")}}
 _QQP_SOURCE = GLUE_SOURCE + f". If you only have {_SUBSET_FILE}, use the task 'qqp-subset'"
 _BENCHMARKS = {
-    "mrpc": _glue("MRPC", "#1 String", "#2 String", "Quality"),
-    "qqp": _glue(
-        "QQP",
-        "question1",
-        "question2",
-        "is_duplicate",
-        hub_columns=("question1", "question2"),
-        data_source=_QQP_SOURCE,
-    ),
+    "mrpc": _glue("MRPC", "#1 String", "#2 String", "Quality", hub_columns=("sentence1", "sentence2")),
+    "qqp": _glue("QQP", "question1", "question2", "is_duplicate", data_source=_QQP_SOURCE),
     "qqp-subset": Benchmark(_SUBSET_PARTS, data_source=_SUBSET_SOURCE),
     "stsb": _glue("STS-B", "sentence1", "sentence2", "score", extra={"test": _STS_TEST}),
     # MNLI reports accuracy per dev split: matched and mismatched.
     "mnli": _glue(
-        "MNLI",
-        "sentence1",
-        "sentence2",
-        "gold_label",
-        hub_columns=("premise", "hypothesis"),
-        files=_MNLI_FILES,
-        dev_split="validation_matched",
+        "MNLI", "sentence1", "sentence2", "gold_label", hub_columns=("premise", "hypothesis"), files=_MNLI_FILES
     ),
-    "qnli": _glue("QNLI", "question", "sentence", "label", hub_columns=("question", "sentence")),
+    "qnli": _glue("QNLI", "question", "sentence", "label"),
     "rte": _glue("RTE", "sentence1", "sentence2", "label"),
     "sick-e": _sick("entailment_judgment"),
     "sick-r": _sick("relatedness_score"),
@@ -313,24 +301,21 @@ def _read_rows_as(file_path: Path, task: TaskSpec, local_file: LocalFile, limit:
         columns, counts = [local_file.sentence1, local_file.sentence2, local_file.label], local_file.column_counts
         if isinstance(local_file.label, str):  # columns named by a header
             header = [name.strip().lstrip("\ufeff") for name in next(reader, [])]
-            for name in columns:
-                if name not in header:
-                    raise ValueError(f"{file_path}: the header has no column {name!r} (found: {', '.join(header)}).")
+            if missing := [name for name in columns if name not in header]:
+                raise ValueError(f"{file_path}: the header has no column {missing[0]!r} (found: {', '.join(header)}).")
             columns, counts = [header.index(name) for name in columns], counts or (len(header),)
         for row in reader:
             if limit is not None and len(rows) >= limit:
                 break
             if not row:
                 continue  # a blank line
+            where = f"{file_path}, line {reader.line_num}"
             if len(row) not in counts and local_file.repair_space_separated_label and _repair(row, counts):
                 repaired.append(reader.line_num)
             if len(row) not in counts:
-                raise ValueError(
-                    f"{file_path}, line {reader.line_num}: {len(row)} tab-separated columns, expected "
-                    f"{' or '.join(map(str, counts))} ({task.name})."
-                )
-            first, second, label = (row[column] for column in columns)
-            rows.append((first, second, _parse_label(label, task, f"{file_path}, line {reader.line_num}")))
+                expected = " or ".join(map(str, counts))
+                raise ValueError(f"{where}: {len(row)} tab-separated columns, expected {expected} ({task.name}).")
+            rows.append((row[columns[0]], row[columns[1]], _parse_label(row[columns[2]], task, where)))
     if repaired:
         message = "%s: repaired %d row(s) whose label was separated by a space instead of a tab (lines %s)."
         logger.warning(message, file_path, len(repaired), ", ".join(map(str, repaired[:10])))
