@@ -197,18 +197,14 @@ def load_task(
 ) -> datasets.Dataset:
     """One split of a registered task as a Dataset with columns ``sentence1``, ``sentence2``, ``label``, in file order.
 
-    Args:
-        task: the task, as :func:`get_task` returns it.
-        split: "train", "validation" ("dev" also works), "test" where the task has labelled test data, and for MNLI
-            "validation_matched" / "validation_mismatched".
-        data_dir: the data root (``glue/``, ``stsbenchmark/``, ``senteval/``), the GLUE folder itself, or a folder
-            holding the split's file. None: ``$ST_DSE_DATA_DIR`` if set, else the Hugging Face hub.
-        path: read exactly this file, with the column layout of ``split`` (e.g. an LM-BFF k-shot GLUE TSV).
-        max_samples: keep only the first ``max_samples`` rows (of the part, for qqp-subset).
+    ``split``: "train", "validation" ("dev" also works), "test" where the task has labelled test data, and for MNLI
+    "validation_matched" / "validation_mismatched". ``data_dir``: the data root (``glue/``, ``stsbenchmark/``,
+    ``senteval/``), the GLUE folder itself, or a folder holding the split's file; None: ``$ST_DSE_DATA_DIR`` if set,
+    else the Hugging Face hub. ``path``: read exactly this file, with the column layout of ``split`` (e.g. an LM-BFF
+    k-shot GLUE TSV). ``max_samples``: keep only the first rows (of the part, for qqp-subset).
 
-    Raises:
-        FileNotFoundError: the split's file is missing; the message names the file and where it comes from.
-        ValueError: an unknown split, or a malformed row (the message names the file and line).
+    A missing file raises a FileNotFoundError naming the file and where it comes from; an unknown split or a
+    malformed row a ValueError (naming the file and line).
     """
     benchmark = task.benchmark
     split = "validation" + split[3:] if split.startswith("dev") else split  # GLUE file names say "dev"

@@ -158,16 +158,10 @@ def resolve_pair_columns(
     label_column: str | None = None,
     source: str | None = None,
 ) -> tuple[str, str, str | None, str | None]:
-    """The columns holding the two sentences and the label: explicit names, else the recognised ones.
-
-    Returns:
-        ``(sentence1, sentence2, label_or_None, note)``; ``note`` (logged once at INFO) says which recognised names
-        were used instead of the defaults, None when none were.
-
-    Raises:
-        ValueError: a column cannot be found; the message (prefixed by ``source``) lists the columns found and the
-            option to pass.
-    """
+    """The columns holding the two sentences and the label, ``(sentence1, sentence2, label_or_None, note)``:
+    explicit names, else the recognised ones. ``note`` (logged once at INFO) says which recognised names were used
+    instead of the defaults, None when none were. A column that cannot be found raises a ValueError (prefixed by
+    ``source``) listing the columns found and the option to pass."""
     names, given = list(column_names), (sentence1_column, sentence2_column, label_column)
     first = sentence1_column or _pick_side(names, 0, taken=sentence2_column)
     second = sentence2_column or _pick_side(names, 1, taken=first)
@@ -215,12 +209,9 @@ def read_pair_file(
 
     CSV uses standard quoting; TSV is split on tabs only (quotes are text, as in GLUE); both need a header row and
     UTF-8, and every cell is read as text. A ``.json`` file may hold JSON lines or one array of objects. Columns are
-    chosen by :func:`resolve_pair_columns`; other columns are dropped.
-
-    Raises:
-        FileNotFoundError: there is no file at ``path``.
-        ValueError: an unknown extension, an unreadable or malformed file, a missing column, or an empty sentence
-            (the message names the file, the data row, counted from 1 after any header, and the column).
+    chosen by :func:`resolve_pair_columns`; other columns are dropped. Raises a FileNotFoundError when there is no
+    file, and a ValueError for an unknown extension, an unreadable or malformed file, a missing column, or an empty
+    sentence (the message names the file, the data row, counted from 1 after any header, and the column).
     """
     path = Path(path)
     builder, file_format = PAIR_FILE_FORMATS.get(path.suffix.lower()), path.suffix.lower()[1:]
@@ -272,11 +263,8 @@ def load_hub_pairs(
 
     Class-label columns keep their ids, with -1 (unlabelled, e.g. GLUE test splits) as None. Given the teacher's
     ``label_names``, the dataset's ids are translated by class name into the teacher's (datasets and teachers often
-    order the same classes differently).
-
-    Raises:
-        HubUnreachableError: offline mode or no network (a ConnectionError with a one-line message).
-        ValueError: a missing column or an empty sentence, as for :func:`read_pair_file`.
+    order the same classes differently). Offline or without network it raises :class:`HubUnreachableError` (a
+    ConnectionError with a one-line message); a missing column or an empty sentence a ValueError.
     """
     try:
         dataset = datasets.load_dataset(name, config, split=split, **load_kwargs)

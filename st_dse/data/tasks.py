@@ -85,17 +85,14 @@ def task_from_teacher(
 ) -> TaskSpec:
     """The pair task ``cross_encoder`` was trained for, from its number of logits (``config.num_labels``).
 
-    * 1 logit: ``binary`` (class 1 when the logit is > 0), unless the gold ``labels`` are graded (fractions), the
-      config says ``problem_type="regression"`` or ``problem_type="regression"`` is passed. Whole-number labels other
-      than 0 and 1 (0/1/2, -1) are refused: pass ``problem_type`` to say whether they are scores.
+    * 1 logit: ``binary`` (class 1 when the logit is > 0), unless the gold ``labels`` are graded (fractions) or the
+      config or ``problem_type`` says ``"regression"``. Whole-number labels other than 0 and 1 (0/1/2, -1) are
+      refused: pass ``problem_type`` to say whether they are scores.
     * 2 logits: ``binary`` with one output (``label_with_teacher`` reduces them to ``l1 - l0``);
-      ``problem_type="multiclass"`` keeps both.
-    * k >= 3 logits: ``multiclass`` with k outputs.
+      ``problem_type="multiclass"`` keeps both. k >= 3 logits: ``multiclass`` with k outputs.
 
-    Label names come from the config's ``id2label`` (generic names such as ``LABEL_0`` count as none).
-
-    Raises:
-        ValueError: an unknown ``problem_type``, or one the teacher's number of logits cannot give.
+    Label names come from the config's ``id2label`` (generic names such as ``LABEL_0`` count as none). Raises a
+    ValueError for an unknown ``problem_type``, or one the teacher's number of logits cannot give.
     """
     config = cross_encoder.config
     num_logits, kind = int(config.num_labels), problem_type
@@ -156,10 +153,8 @@ def encode_labels(dataset: datasets.Dataset, task: TaskSpec, label_column: str =
     """Check every gold label against ``task`` and store it as the task needs it; None (no gold) stays None.
 
     Class names become ids through ``task.label_names`` (case-insensitive); numbers must be class ids (int64);
-    regression labels must be numbers (float64). A dataset without ``label_column`` is returned unchanged.
-
-    Raises:
-        ValueError: an unknown class name or an out-of-range label; the message names the (1-based) row.
+    regression labels must be numbers (float64). A dataset without ``label_column`` is returned unchanged. Raises a
+    ValueError naming the (1-based) row of an unknown class name or an out-of-range label.
     """
     if label_column not in dataset.column_names:
         return dataset
