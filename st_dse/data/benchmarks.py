@@ -8,6 +8,7 @@ GLUE's ``mrpc``, ``qqp``, ``stsb``, ``mnli``, ``qnli``, ``rte``; SentEval's SICK
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import logging
@@ -332,18 +333,18 @@ def _parse_label(raw_label: str, task: TaskSpec, where: str) -> int | float:
     value = raw_label.strip()
     names = [name.lower() for name in task.label_names]  # SICK writes ENTAILMENT; MRPC and QQP hold the ids
     if task.is_regression:
-        try:
+        with contextlib.suppress(ValueError):
             if math.isfinite(score := float(value)):
                 return score
-        except ValueError:
-            pass
-        raise ValueError(f"{where}: score {raw_label!r} is not a number ({task.name}).")
-    if value.lower() in names or (value.isdigit() and int(value) < len(names)):
+        problem = f"score {raw_label!r} is not a number ({task.name})"
+    elif value.lower() in names or (value.isdigit() and int(value) < len(names)):
         return names.index(value.lower()) if value.lower() in names else int(value)
-    raise ValueError(
-        f"{where}: label {raw_label!r} is not one of {', '.join(task.label_names)} "
-        f"(or their ids 0-{len(names) - 1}) for task {task.name}."
-    )
+    else:
+        problem = (
+            f"label {raw_label!r} is not one of {', '.join(task.label_names)} (or their ids 0-{len(names) - 1}) for "
+            f"task {task.name}"
+        )
+    raise ValueError(f"{where}: {problem}.")
 
 
 def _heldout_part(rows: list, part: str) -> list:

@@ -327,10 +327,8 @@ def _parse_labels(source: str, raw_labels: Sequence, column: str) -> tuple[list,
             value = parse_label(raw)
         except TypeError as error:
             raise ValueError(f"{where} is {error}.") from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{where} {raw!r} is not finite.")
-        if isinstance(value, (int, float)) and abs(value) >= 2**63:  # beyond any label, and beyond int64
-            raise ValueError(f"{where} {raw!r} is too large a number.")
+        if isinstance(value, (int, float)) and not abs(value) < 2**63:  # infinite, or beyond any label and int64
+            raise ValueError(f"{where} {raw!r} is {'not finite' if abs(value) == math.inf else 'too large a number'}.")
         labels.append(value)
     present = [value for value in labels if value is not None]
     if any(isinstance(value, str) for value in present):
