@@ -51,12 +51,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         sources = [name for name in ("task", "train_file", "dataset") if getattr(self, name)]
         if len(sources) != 1:
-            options = ", ".join("--" + name.replace("_", "-") for name in sources)
-            raise ValueError(
-                f"Give one source of pairs, not {options}."
-                if sources
-                else "No pairs given: pass --task NAME, --train-file FILE or --dataset NAME."
-            )
+            given = ", ".join("--" + name.replace("_", "-") for name in sources)
+            none = "No pairs given: pass --task NAME, --train-file FILE or --dataset NAME."
+            raise ValueError(f"Give one source of pairs, not {given}." if sources else none)
         if self.task is not None:
             get_task(self.task)  # an unknown name fails here, before any work, listing the known tasks
         if self.dev_file and not self.train_file:
