@@ -221,14 +221,16 @@ def read_pair_file(
         raise FileNotFoundError(f"No pair file at {path}.")
     try:
         options = _csv_options(path, file_format == "tsv") if builder == "csv" else {}
-        table = options is not None and datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+        table = (
+            None if options is None else datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+        )
     except Exception as error:  # noqa: BLE001 - pandas' and pyarrow's parse errors have many types
         cause = error.__cause__ or error  # datasets wraps the parser's error
         problem = f"cannot be read as {file_format} ({type(cause).__name__}: {cause})"
         if isinstance(cause, UnicodeDecodeError):
             problem = f"not UTF-8 text ({cause}); re-save it as UTF-8"
     else:
-        problem = None if table else "the file has no data rows"  # an empty Dataset is falsy
+        problem = None if table else "the file has no data rows"  # None, or an empty Dataset
     if problem is not None:
         raise ValueError(f"{path}: {problem}; {EXPECTED_FORMATS}.")
     columns = resolve_pair_columns(table.column_names, sentence1_column, sentence2_column, label_column, str(path))
