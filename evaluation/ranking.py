@@ -49,7 +49,7 @@ from evaluation.ranking_fidelity import (
     student_grid,
 )
 from st_dse.data import get_task, load_task
-from st_dse.data.pair_files import read_pair_file
+from st_dse.data.pairs import read_pair_file
 from st_dse.student import get_pair_head, load_student
 from st_dse.teacher import label_with_teacher
 

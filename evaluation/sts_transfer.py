@@ -31,7 +31,7 @@ from scipy.stats import spearmanr
 from evaluation.arguments import task_name
 from evaluation.mteb_data import SEMEVAL_STS_SOURCES, load_semeval_sts, require_data_dir
 from st_dse.data import get_task, load_task
-from st_dse.data.pair_files import read_pair_file
+from st_dse.data.pairs import read_pair_file
 from st_dse.hub import resolve_model_name
 from st_dse.student import load_model
 

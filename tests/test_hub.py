@@ -6,7 +6,7 @@ import pytest
 
 import st_dse
 from st_dse import hub as models
-from st_dse.data.pair_files import HubUnreachableError
+from st_dse.data.pairs import HubUnreachableError
 from tests.conftest import load_recipe
 
 

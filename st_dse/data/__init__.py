@@ -1,4 +1,4 @@
-"""Task data: task shapes and benchmarks, readers of your own pairs, pair checks, teacher-labelled augmentation and
+"""Task data: task shapes and benchmarks, your own pairs (read and checked), teacher-labelled augmentation and
 candidate lists for listwise distillation."""
 
 from __future__ import annotations

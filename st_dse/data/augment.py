@@ -41,24 +41,19 @@ def augment_pairs(
     seed: int = 42,
     batch_size: int = 64,
 ) -> datasets.Dataset:
-    """New pairs made of ``dataset``'s sentences: about ``factor * len(dataset)``, shared between the strategies.
+    """About ``factor * len(dataset)`` new pairs made of ``dataset``'s sentences, shared between the ``strategies``
+    (``swap`` yields at most one per pair; the others make up the difference).
 
-    Args:
-        dataset: The training pairs. Only the two text columns are read.
-        factor: How many new pairs per original pair, in total over all strategies (``swap`` yields at most one per
-            pair; the other strategies make up the difference).
-        strategies: Any of ``swap``, ``shuffle``, ``neighbours``.
-        model: The embedding model for ``neighbours`` (e.g. the student's base model). Required for that strategy.
-        seed: Seeds ``shuffle`` and the sampling of which pairs each strategy uses.
-        batch_size: Encoding batch size for ``neighbours``.
+    ``model`` (e.g. the student's base model, encoding in batches of ``batch_size``) is needed for ``neighbours``;
+    ``seed`` seeds ``shuffle`` and which pairs each strategy uses. Only the two text columns are read.
 
     Returns:
         A dataset with columns ``sentence1``, ``sentence2`` and ``augmentation`` (the strategy that made each pair),
         without gold labels. Label it with :func:`st_dse.label_with_teacher`.
 
     Raises:
-        ValueError: an unknown strategy, ``neighbours`` without a model, a negative or non-finite factor, missing text
-            columns or bad sentences.
+        ValueError: an unknown strategy, ``neighbours`` without a model, a negative or non-finite factor, or bad
+            sentences.
     """
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies:
@@ -70,16 +65,12 @@ def augment_pairs(
             "The 'neighbours' strategy needs an embedding model (model=SentenceTransformer(...)), e.g. the student's "
             "base model; or leave 'neighbours' out of strategies."
         )
-    missing = [c for c in (sentence1_column, sentence2_column) if c not in dataset.column_names]
-    if missing:
-        raise ValueError(f"The dataset has no column(s) {missing}; its columns are {dataset.column_names}.")
     firsts, seconds = list(dataset[sentence1_column]), list(dataset[sentence2_column])
     check_pairs(firsts, seconds)
-
     target = round(factor * len(firsts))
     rows = _augment(firsts, seconds, target, strategies, model, np.random.default_rng(seed), batch_size)
-    counts = {s: rows["augmentation"].count(s) for s in strategies}
     made = len(rows["sentence1"])
+    counts = {s: rows["augmentation"].count(s) for s in strategies}
     logger.info("Augmentation: %d new pairs from %d (%s)", made, len(firsts), counts)
     if made < target:
         message = (
@@ -145,28 +136,19 @@ def with_augmented(
     label_column: str = "label",
     teacher_column: str = "teacher_logits",
 ) -> datasets.Dataset:
-    """``train`` (gold and teacher logits) followed by ``augmented`` (teacher logits only, gold ``NaN``).
-
-    The result has the text columns, a float ``label`` column (``NaN`` where no gold exists, which DSELoss leaves out
-    of the gold loss) and the teacher logits: ready for :func:`st_dse.pack_dse_labels`. Training
-    pairs without a label column get ``NaN`` gold as well.
-    """
+    """``train`` (gold and teacher logits) followed by ``augmented`` (teacher logits only), ready for
+    :func:`st_dse.pack_dse_labels`: the text columns, the teacher logits and a float ``label`` column, ``NaN`` where
+    no gold exists (the augmented pairs, and training pairs without a label column), which DSELoss leaves out."""
     columns = ["sentence1", "sentence2", label_column, teacher_column]
     if label_column not in train.column_names:  # pairs without gold labels: the teacher alone, as for the new ones
         train = train.add_column(label_column, [math.nan] * len(train))
-    for name, dataset, needed in (
-        ("train", train, columns),
-        ("augmented", augmented, ["sentence1", "sentence2", teacher_column]),
-    ):
-        missing = [c for c in needed if c not in dataset.column_names]
-        if missing:
+    for name, dataset, needed in (("train", train, columns), ("augmented", augmented, columns[:2] + columns[3:])):
+        if missing := [c for c in needed if c not in dataset.column_names]:
             raise ValueError(
                 f"The {name} dataset lacks the column(s) {missing}; it has {dataset.column_names}. Label both with "
                 "st_dse.label_with_teacher first."
             )
-    gold = train.select_columns(columns)
-    gold = gold.cast_column(label_column, datasets.Value("float64"))
-    extra = augmented.select_columns(["sentence1", "sentence2", teacher_column])
-    extra = extra.add_column(label_column, [math.nan] * len(extra))
-    extra = extra.cast(gold.features)
+    gold = train.select_columns(columns).cast_column(label_column, datasets.Value("float64"))
+    extra = augmented.select_columns(columns[:2] + columns[3:])
+    extra = extra.add_column(label_column, [math.nan] * len(extra)).cast(gold.features)
     return datasets.concatenate_datasets([gold, extra.select_columns(columns)])

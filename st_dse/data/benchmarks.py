@@ -8,6 +8,7 @@ GLUE's ``mrpc``, ``qqp``, ``stsb``, ``mnli``, ``qnli``, ``rte``; SentEval's SICK
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import logging
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import datasets
 
-from st_dse.data.pair_files import HubUnreachableError, network_errors
+from st_dse.data.pairs import HubUnreachableError, network_errors
 from st_dse.data.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -61,14 +62,11 @@ class LocalFile:
     repair_space_separated_label: bool = False
     source: str | None = None
 
-    @property
-    def has_header(self) -> bool:
-        return isinstance(self.label, str)
-
 
 @dataclass(frozen=True)
 class Benchmark:
-    """Where a registered task's data lives: its labelled splits, their local files and the hub dataset, if any."""
+    """Where a registered task's data lives: its labelled splits, their local files and the hub dataset, if any.
+    The dev split is the first validation split (MNLI's matched one)."""
 
     local_files: dict[str, LocalFile]
     hub_dataset: str | None = None
@@ -76,17 +74,21 @@ class Benchmark:
     hub_text_columns: tuple[str, str] = ("sentence1", "sentence2")
     hub_splits: tuple[str, ...] = ()
     data_source: str = GLUE_SOURCE
-    dev_split: str = "validation"
 
     @property
     def splits(self) -> tuple[str, ...]:
         return tuple(self.local_files)
 
+    @property
+    def dev_split(self) -> str:
+        return next(split for split in self.splits if split.startswith("validation"))
 
-def _glue(folder: str, columns: tuple[str, str, str], text_columns=("sentence1", "sentence2"), **options) -> Benchmark:
+
+def _glue(folder: str, *columns: str, hub_columns: tuple[str, str] | None = None, **options) -> Benchmark:
+    """GLUE files with these header columns (the hub's text columns: the first two unless named)."""
     files = options.pop("files", {"train": "train.tsv", "validation": "dev.tsv"})
     local = {split: LocalFile(f"glue/{folder}/{name}", *columns) for split, name in files.items()}
-    hub = ("nyu-mll/glue", folder.lower().replace("-", ""), text_columns, tuple(files))
+    hub = ("nyu-mll/glue", folder.lower().replace("-", ""), hub_columns or columns[:2], tuple(files))
     return Benchmark({**local, **options.pop("extra", {})}, *hub, **options)
 
 
@@ -100,6 +102,30 @@ def _sick(label_column: str) -> Benchmark:
 
 
 _SUBSET_FILE = "glue/QQP/train_subset/new_dev.tsv"
+_SUBSET_PARTS = {  # no header; columns id, qid1, qid2, question1, question2, is_duplicate
+    part: LocalFile(_SUBSET_FILE, 3, 4, 5, (6,), heldout_part=part, repair_space_separated_label=True)
+    for part in ("train", "validation")
+}
+_SUBSET_SOURCE = (
+    f"a third-party 23,497-row sample of GLUE QQP train.tsv, at <data-dir>/{_SUBSET_FILE}; {_DATA_DIR_HINT}"
+)
+_STS_TEST = LocalFile("stsbenchmark/sts-test.csv", 5, 6, 4, (7, 9), source=STSBENCHMARK_SOURCE)
+_MNLI_FILES = {"train": "train.tsv", **{f"validation_{part}": f"dev_{part}.tsv" for part in ("matched", "mismatched")}}
+_QQP_SOURCE = GLUE_SOURCE + f". If you only have {_SUBSET_FILE}, use the task 'qqp-subset'"
+_BENCHMARKS = {
+    "mrpc": _glue("MRPC", "#1 String", "#2 String", "Quality", hub_columns=("sentence1", "sentence2")),
+    "qqp": _glue("QQP", "question1", "question2", "is_duplicate", data_source=_QQP_SOURCE),
+    "qqp-subset": Benchmark(_SUBSET_PARTS, data_source=_SUBSET_SOURCE),
+    "stsb": _glue("STS-B", "sentence1", "sentence2", "score", extra={"test": _STS_TEST}),
+    # MNLI reports accuracy per dev split: matched and mismatched.
+    "mnli": _glue(
+        "MNLI", "sentence1", "sentence2", "gold_label", hub_columns=("premise", "hypothesis"), files=_MNLI_FILES
+    ),
+    "qnli": _glue("QNLI", "question", "sentence", "label"),
+    "rte": _glue("RTE", "sentence1", "sentence2", "label"),
+    "sick-e": _sick("entailment_judgment"),
+    "sick-r": _sick("relatedness_score"),
+}
 _DESCRIPTIONS = {
     "mrpc": "GLUE MRPC: is sentence2 a paraphrase of sentence1 (Microsoft Research Paraphrase Corpus)",
     "qqp": "GLUE QQP: are two Quora questions duplicates (full GLUE train/dev)",
@@ -112,86 +138,28 @@ _DESCRIPTIONS = {
     "sick-e": "SICK entailment (SentEval copy): entailment / neutral / contradiction; validation = trial",
     "sick-r": "SICK relatedness (SentEval copy): relatedness score 1-5; validation = trial",
 }
-
-
-def _task(name: str, problem_type: str, labels: tuple[str, ...], metrics: tuple[str, ...], data: Benchmark):
-    num_labels = len(labels) if problem_type == "multiclass" else 1
-    main = "spearman" if problem_type == "regression" else "accuracy"
-    return TaskSpec(name, _DESCRIPTIONS[name], problem_type, num_labels, labels, metrics, main, data)
-
-
-_NLI = ("entailment", "neutral", "contradiction")
-_ENTAILMENT = ("entailment", "not_entailment")
-_QUORA = ("not_duplicate", "duplicate")
-_ACCURACY, _ACCURACY_F1, _CORRELATIONS = ("accuracy",), ("accuracy", "f1"), ("pearson", "spearman")
-_SUBSET_PARTS = {  # no header; columns id, qid1, qid2, question1, question2, is_duplicate
-    part: LocalFile(_SUBSET_FILE, 3, 4, 5, (6,), heldout_part=part, repair_space_separated_label=True)
-    for part in ("train", "validation")
+_NLI, _ENTAILMENT = ("entailment", "neutral", "contradiction"), ("entailment", "not_entailment")
+_TASK_SHAPES = {  # problem type, label names, whether F1 is reported
+    "mrpc": ("binary", ("not_equivalent", "equivalent"), True),
+    "qqp": ("binary", ("not_duplicate", "duplicate"), True),
+    "qqp-subset": ("binary", ("not_duplicate", "duplicate"), True),
+    "stsb": ("regression", (), False),
+    "mnli": ("multiclass", _NLI, False),
+    "qnli": ("binary", _ENTAILMENT, False),
+    "rte": ("binary", _ENTAILMENT, False),
+    "sick-e": ("multiclass", _NLI, False),
+    "sick-r": ("regression", (), False),
 }
-_SUBSET_SOURCE = (
-    f"a third-party 23,497-row sample of GLUE QQP train.tsv, at <data-dir>/{_SUBSET_FILE}; {_DATA_DIR_HINT}"
-)
-_STS_TEST = LocalFile("stsbenchmark/sts-test.csv", 5, 6, 4, (7, 9), source=STSBENCHMARK_SOURCE)
-_MNLI_FILES = {
-    "train": "train.tsv",
-    "validation_matched": "dev_matched.tsv",
-    "validation_mismatched": "dev_mismatched.tsv",
-}
-_QQP_SOURCE = GLUE_SOURCE + f". If you only have {_SUBSET_FILE}, use the task 'qqp-subset'"
 
-TASKS: dict[str, TaskSpec] = {
-    task.name: task
-    for task in [
-        _task(
-            "mrpc",
-            "binary",
-            ("not_equivalent", "equivalent"),
-            _ACCURACY_F1,
-            _glue("MRPC", ("#1 String", "#2 String", "Quality")),
-        ),
-        _task(
-            "qqp",
-            "binary",
-            _QUORA,
-            _ACCURACY_F1,
-            _glue(
-                "QQP", ("question1", "question2", "is_duplicate"), ("question1", "question2"), data_source=_QQP_SOURCE
-            ),
-        ),
-        _task("qqp-subset", "binary", _QUORA, _ACCURACY_F1, Benchmark(_SUBSET_PARTS, data_source=_SUBSET_SOURCE)),
-        _task(
-            "stsb",
-            "regression",
-            (),
-            _CORRELATIONS,
-            _glue("STS-B", ("sentence1", "sentence2", "score"), extra={"test": _STS_TEST}),
-        ),
-        # MNLI reports accuracy per dev split: matched and mismatched.
-        _task(
-            "mnli",
-            "multiclass",
-            _NLI,
-            _ACCURACY,
-            _glue(
-                "MNLI",
-                ("sentence1", "sentence2", "gold_label"),
-                ("premise", "hypothesis"),
-                files=_MNLI_FILES,
-                dev_split="validation_matched",
-            ),
-        ),
-        _task(
-            "qnli",
-            "binary",
-            _ENTAILMENT,
-            _ACCURACY,
-            _glue("QNLI", ("question", "sentence", "label"), ("question", "sentence")),
-        ),
-        _task("rte", "binary", _ENTAILMENT, _ACCURACY, _glue("RTE", ("sentence1", "sentence2", "label"))),
-        _task("sick-e", "multiclass", _NLI, _ACCURACY, _sick("entailment_judgment")),
-        _task("sick-r", "regression", (), _CORRELATIONS, _sick("relatedness_score")),
-    ]
-}
+
+def _task(name: str, kind: str, labels: tuple[str, ...], f1: bool) -> TaskSpec:
+    metrics = ("pearson", "spearman") if kind == "regression" else ("accuracy", "f1") if f1 else ("accuracy",)
+    num_labels = len(labels) if kind == "multiclass" else 1
+    main = "spearman" if kind == "regression" else "accuracy"
+    return TaskSpec(name, _DESCRIPTIONS[name], kind, num_labels, labels, metrics, main, _BENCHMARKS[name])
+
+
+TASKS: dict[str, TaskSpec] = {name: _task(name, *shape) for name, shape in _TASK_SHAPES.items()}
 
 
 def _normalize_name(name: str) -> str:
@@ -230,18 +198,14 @@ def load_task(
 ) -> datasets.Dataset:
     """One split of a registered task as a Dataset with columns ``sentence1``, ``sentence2``, ``label``, in file order.
 
-    Args:
-        task: the task, as :func:`get_task` returns it.
-        split: "train", "validation" ("dev" also works), "test" where the task has labelled test data, and for MNLI
-            "validation_matched" / "validation_mismatched".
-        data_dir: the data root (``glue/``, ``stsbenchmark/``, ``senteval/``), the GLUE folder itself, or a folder
-            holding the split's file. None: ``$ST_DSE_DATA_DIR`` if set, else the Hugging Face hub.
-        path: read exactly this file, with the column layout of ``split`` (e.g. an LM-BFF k-shot GLUE TSV).
-        max_samples: keep only the first ``max_samples`` rows (of the part, for qqp-subset).
+    ``split``: "train", "validation" ("dev" also works), "test" where the task has labelled test data, and for MNLI
+    "validation_matched" / "validation_mismatched". ``data_dir``: the data root (``glue/``, ``stsbenchmark/``,
+    ``senteval/``), the GLUE folder itself, or a folder holding the split's file; None: ``$ST_DSE_DATA_DIR`` if set,
+    else the Hugging Face hub. ``path``: read exactly this file, with the column layout of ``split`` (e.g. an LM-BFF
+    k-shot GLUE TSV). ``max_samples``: keep only the first rows (of the part, for qqp-subset).
 
-    Raises:
-        FileNotFoundError: the split's file is missing; the message names the file and where it comes from.
-        ValueError: an unknown split, or a malformed row (the message names the file and line).
+    A missing file raises a FileNotFoundError naming the file and where it comes from; an unknown split or a
+    malformed row a ValueError (naming the file and line).
     """
     benchmark = task.benchmark
     split = "validation" + split[3:] if split.startswith("dev") else split  # GLUE file names say "dev"
@@ -251,27 +215,27 @@ def load_task(
         )
     local_file = benchmark.local_files[split]
     if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{task.name} {split}: no file at {path} (given as path=).")
         file_path = Path(path)
-        if not file_path.is_file():
-            raise FileNotFoundError(f"{task.name} {split}: no file at {file_path} (given as path=).")
     elif (root := resolve_data_dir(data_dir)) is not None:
         file_path = _find_local_file(task, split, root)
     else:
         return _load_from_hub(task, split, max_samples)
-    held_out = local_file.heldout_part is not None
-    rows = _read_rows(file_path, task, local_file, limit=None if held_out else max_samples)
-    rows = _heldout_part(rows, local_file.heldout_part) if held_out else rows
-    rows = rows[:max_samples] if max_samples is not None else rows
-    label_type = "float64" if task.is_regression else "int64"
-    features = datasets.Features({name: datasets.Value("string") for name in ("sentence1", "sentence2")})
-    features["label"] = datasets.Value(label_type)
+    part = local_file.heldout_part
+    rows = _read_rows(file_path, task, local_file, limit=None if part else max_samples)
+    rows = (_heldout_part(rows, part) if part else rows)[:max_samples]
+    features = datasets.Features(
+        sentence1=datasets.Value("string"),
+        sentence2=datasets.Value("string"),
+        label=datasets.Value("float64" if task.is_regression else "int64"),
+    )
     columns = zip(*rows) if rows else ((), (), ())
     return datasets.Dataset.from_dict(dict(zip(features, map(list, columns))), features=features)
 
 
 def _find_local_file(task: TaskSpec, split: str, data_dir: Path) -> Path:
-    benchmark = task.benchmark
-    local_file = benchmark.local_files[split]
+    local_file = task.benchmark.local_files[split]
     relative = Path(local_file.relative_path)
     candidates = [data_dir / relative]
     if relative.parts[0] == "glue":
@@ -282,7 +246,8 @@ def _find_local_file(task: TaskSpec, split: str, data_dir: Path) -> Path:
         tried = "\n  ".join(map(str, candidates))
         raise FileNotFoundError(
             f"{task.name} {split}: expected the file {local_file.relative_path} under the data folder {data_dir}, "
-            f"but none of these exist:\n  {tried}\nThis file comes from {local_file.source or benchmark.data_source}."
+            f"but none of these exist:\n  {tried}\nThis file comes from "
+            f"{local_file.source or task.benchmark.data_source}."
         )
     return found
 
@@ -331,29 +296,26 @@ def _read_rows_as(file_path: Path, task: TaskSpec, local_file: LocalFile, limit:
     with open(file_path, encoding=encoding, newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)  # GLUE's bare quotes are text
         columns, counts = [local_file.sentence1, local_file.sentence2, local_file.label], local_file.column_counts
-        if local_file.has_header:
+        if isinstance(local_file.label, str):  # columns named by a header
             header = [name.strip().lstrip("\ufeff") for name in next(reader, [])]
-            for name in columns:
-                if name not in header:
-                    raise ValueError(f"{file_path}: the header has no column {name!r} (found: {', '.join(header)}).")
+            if missing := [name for name in columns if name not in header]:
+                raise ValueError(f"{file_path}: the header has no column {missing[0]!r} (found: {', '.join(header)}).")
             columns, counts = [header.index(name) for name in columns], counts or (len(header),)
         for row in reader:
             if limit is not None and len(rows) >= limit:
                 break
             if not row:
                 continue  # a blank line
+            where = f"{file_path}, line {reader.line_num}"
             if len(row) not in counts and local_file.repair_space_separated_label and _repair(row, counts):
                 repaired.append(reader.line_num)
             if len(row) not in counts:
-                raise ValueError(
-                    f"{file_path}, line {reader.line_num}: {len(row)} tab-separated columns, expected "
-                    f"{' or '.join(map(str, counts))} ({task.name})."
-                )
-            first, second, label = (row[column] for column in columns)
-            rows.append((first, second, _parse_label(label, task, f"{file_path}, line {reader.line_num}")))
+                expected = " or ".join(map(str, counts))
+                raise ValueError(f"{where}: {len(row)} tab-separated columns, expected {expected} ({task.name}).")
+            rows.append((row[columns[0]], row[columns[1]], _parse_label(row[columns[2]], task, where)))
     if repaired:
-        logger.warning("%s: repaired %d row(s) whose label was separated by a space instead of a tab (lines %s).",
-                       file_path, len(repaired), ", ".join(map(str, repaired[:10])))  # fmt: skip
+        message = "%s: repaired %d row(s) whose label was separated by a space instead of a tab (lines %s)."
+        logger.warning(message, file_path, len(repaired), ", ".join(map(str, repaired[:10])))
     return rows
 
 
@@ -371,18 +333,18 @@ def _parse_label(raw_label: str, task: TaskSpec, where: str) -> int | float:
     value = raw_label.strip()
     names = [name.lower() for name in task.label_names]  # SICK writes ENTAILMENT; MRPC and QQP hold the ids
     if task.is_regression:
-        try:
+        with contextlib.suppress(ValueError):
             if math.isfinite(score := float(value)):
                 return score
-        except ValueError:
-            pass
-        raise ValueError(f"{where}: score {raw_label!r} is not a number ({task.name}).")
-    if value.lower() in names or (value.isdigit() and int(value) < len(names)):
+        problem = f"score {raw_label!r} is not a number ({task.name})"
+    elif value.lower() in names or (value.isdigit() and int(value) < len(names)):
         return names.index(value.lower()) if value.lower() in names else int(value)
-    raise ValueError(
-        f"{where}: label {raw_label!r} is not one of {', '.join(task.label_names)} "
-        f"(or their ids 0-{len(names) - 1}) for task {task.name}."
-    )
+    else:
+        problem = (
+            f"label {raw_label!r} is not one of {', '.join(task.label_names)} (or their ids 0-{len(names) - 1}) for "
+            f"task {task.name}"
+        )
+    raise ValueError(f"{where}: {problem}.")
 
 
 def _heldout_part(rows: list, part: str) -> list:

@@ -73,12 +73,10 @@ def list_pairs(lists: datasets.Dataset) -> datasets.Dataset:
     """Every (query, candidate) pair of ``lists`` as ``sentence1``/``sentence2`` rows, list by list, candidate by
     candidate: the order :func:`list_labels` expects."""
     candidates = [column for column in lists.column_names if column.startswith("candidate_")]
-    rows = lists.select_columns(["query", *candidates])
+    rows = lists.select_columns(["query", *candidates]).to_list()
+    queries = [row["query"] for row in rows for _ in candidates]
     return datasets.Dataset.from_dict(
-        {
-            "sentence1": [row["query"] for row in rows for _ in candidates],
-            "sentence2": [row[column] for row in rows for column in candidates],
-        }
+        {"sentence1": queries, "sentence2": [row[c] for row in rows for c in candidates]}
     )
 
 

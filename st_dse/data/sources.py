@@ -8,80 +8,16 @@ one, from the gold labels (:func:`task_from_labels`).
 from __future__ import annotations
 
 import functools
-import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import datasets
 
 from st_dse.checks import int_at_least
 from st_dse.data.benchmarks import get_task, load_task
-from st_dse.data.pair_files import (
-    HubUnreachableError,
-    encode_labels,
-    network_errors,
-    pairs_dataset,
-    read_pair_file,
-    resolve_pair_columns,
-    task_from_labels,
-    task_from_teacher,
-)
-from st_dse.data.tasks import TaskSpec
-
-logger = logging.getLogger(__name__)
-
-
-def load_hub_pairs(
-    name: str,
-    config: str | None = None,
-    split: str = "train",
-    sentence1_column: str | None = None,
-    sentence2_column: str | None = None,
-    label_column: str | None = None,
-    *,
-    label_names: Sequence[str] | None = None,
-    **load_kwargs: Any,
-) -> datasets.Dataset:
-    """One split of a Hub dataset, with :func:`datasets.load_dataset` and the column mapping of files.
-
-    Class-label columns keep their ids, with -1 (unlabelled, e.g. GLUE test splits) as None. Given the teacher's
-    ``label_names``, the dataset's ids are translated by class name into the teacher's (datasets and teachers often
-    order the same classes differently).
-
-    Raises:
-        HubUnreachableError: offline mode or no network (a ConnectionError with a one-line message).
-        ValueError: a missing column or an empty sentence, as for :func:`read_pair_file`.
-    """
-    try:
-        dataset = datasets.load_dataset(name, config, split=split, **load_kwargs)
-    except network_errors():
-        raise HubUnreachableError() from None
-    first, second, label, _ = resolve_pair_columns(
-        dataset.column_names, sentence1_column, sentence2_column, label_column
-    )
-    table: dict[str, list] = {first: dataset[first], second: dataset[second]}
-    if label is not None:
-        table[label] = _hub_labels(dataset, label, label_names)
-    return pairs_dataset(f"{name}{f' ({config})' if config else ''} {split}", table, first, second, label)
-
-
-def _hub_labels(dataset: datasets.Dataset, column: str, label_names: Sequence[str] | None) -> list:
-    labels, feature = list(dataset[column]), dataset.features[column]
-    if not isinstance(feature, datasets.ClassLabel):
-        return labels
-    labels = [None if value is None or value < 0 else value for value in labels]
-    theirs, ours = [name.lower() for name in feature.names], [name.lower() for name in label_names or ()]
-    if ours and set(theirs) <= set(ours) and theirs != ours:
-        logger.info("Mapped the dataset's classes %s to the teacher's ids %s by name.", feature.names, label_names)
-        return [None if value is None else ours.index(theirs[value]) for value in labels]
-    if ours and not set(theirs) <= set(ours):
-        logger.warning(
-            "The dataset's classes %s are not the teacher's %s; its class ids are used as they are.",
-            feature.names,
-            list(label_names),
-        )
-    return labels
+from st_dse.data.pairs import load_hub_pairs, read_pair_file
+from st_dse.data.tasks import TaskSpec, encode_labels, task_from_labels, task_from_teacher
+from st_dse.modules.pair_head import ProblemType
 
 
 @dataclass
@@ -106,7 +42,7 @@ class DataConfig:
     sentence1_column: str | None = field(default=None, metadata={"help": "column of the first sentences"})
     sentence2_column: str | None = field(default=None, metadata={"help": "column of the second sentences"})
     label_column: str | None = field(default=None, metadata={"help": "column of the gold labels (optional)"})
-    problem_type: Literal["binary", "multiclass", "regression"] | None = field(
+    problem_type: ProblemType | None = field(
         default=None,
         metadata={"help": "for your own pairs: the task's kind (default: from the teacher and the labels)"},
     )
@@ -115,12 +51,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         sources = [name for name in ("task", "train_file", "dataset") if getattr(self, name)]
         if len(sources) != 1:
-            options = ", ".join("--" + name.replace("_", "-") for name in sources)
-            raise ValueError(
-                f"Give one source of pairs, not {options}."
-                if sources
-                else "No pairs given: pass --task NAME, --train-file FILE or --dataset NAME."
-            )
+            given = ", ".join("--" + name.replace("_", "-") for name in sources)
+            none = "No pairs given: pass --task NAME, --train-file FILE or --dataset NAME."
+            raise ValueError(f"Give one source of pairs, not {given}." if sources else none)
         if self.task is not None:
             get_task(self.task)  # an unknown name fails here, before any work, listing the known tasks
         if self.dev_file and not self.train_file:

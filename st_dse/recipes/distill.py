@@ -31,7 +31,7 @@ from sentence_transformers import CrossEncoder
 from transformers import AutoConfig
 
 from st_dse.data import augment_pairs, candidate_lists, get_task, list_labels, list_pairs, with_augmented
-from st_dse.data.pair_files import HubUnreachableError
+from st_dse.data.pairs import HubUnreachableError
 from st_dse.data.sources import DataConfig, load_pairs
 from st_dse.hub import is_hub_id, resolve_model_name
 from st_dse.inference import score_pairs

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 
-from st_dse.data.pair_files import HubUnreachableError
+from st_dse.data.pairs import HubUnreachableError
 from st_dse.data.sources import DataConfig, load_pairs
 from st_dse.hub import resolve_model_name
 from st_dse.training import finetune_teacher

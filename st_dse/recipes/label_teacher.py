@@ -27,7 +27,7 @@ from collections import Counter
 from sentence_transformers import CrossEncoder
 
 from st_dse.data import get_task, load_task
-from st_dse.data.pair_files import HubUnreachableError
+from st_dse.data.pairs import HubUnreachableError
 from st_dse.data.sources import DataConfig, load_pairs
 from st_dse.hub import resolve_model_name
 from st_dse.teacher import (

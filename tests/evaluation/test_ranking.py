@@ -53,7 +53,7 @@ def test_report_is_the_fidelity_of_the_two_grids(models, tmp_path):
 
     # The same numbers from the library functions directly.
     from evaluation.ranking_fidelity import ranking_grid
-    from st_dse.data.pair_files import read_pair_file
+    from st_dse.data.pairs import read_pair_file
 
     query_list, candidate_list = ranking_grid(read_pair_file(models / "dev.csv"), 5, seed=0)
     teacher = CrossEncoder(str(models / "teacher"), device="cpu")
@@ -76,7 +76,7 @@ def grid_of(teacher_path, queries, candidates):
 
 def test_reference_teachers_set_the_ceiling_and_the_cascade_table(models, tmp_path, capsys):
     from evaluation.ranking_fidelity import ranking_grid
-    from st_dse.data.pair_files import read_pair_file
+    from st_dse.data.pairs import read_pair_file
 
     student_path, teacher, reseeded = (str(models / name) for name in ("student", "teacher", "teacher-seed1"))
     args = ["--dev-file", str(models / "dev.csv"), "--teacher", teacher, "--cpu", "--queries", "6"]

@@ -15,21 +15,20 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from sentence_transformers import CrossEncoder
 
-from st_dse.data import sources
-from st_dse.data.pair_files import (
+from st_dse.data import pairs
+from st_dse.data.pairs import (
     HUB_UNREACHABLE_MESSAGE,
     HubUnreachableError,
-    encode_labels,
+    load_hub_pairs,
     read_pair_file,
     resolve_pair_columns,
 )
-from st_dse.data.sources import load_hub_pairs, task_from_teacher
-from st_dse.data.tasks import compute_metrics, logits_to_predictions
+from st_dse.data.tasks import compute_metrics, encode_labels, logits_to_predictions, task_from_teacher
 from st_dse.losses import pack_dse_labels
 from st_dse.teacher import raw_logits
 from st_dse.training.evaluator import agreement_report, format_report
 
-LOGGER = "st_dse.data.pair_files"
+LOGGER = "st_dse.data.pairs"
 ROWS = [
     {"sentence1": 'He said "hi", then left.', "sentence2": "He greeted and went.", "label": 1},
     {"sentence1": "A cat, a dog.", "sentence2": "Two pets", "label": 0},
@@ -451,7 +450,7 @@ def test_unreachable_hub_without_offline_mode(monkeypatch, error):
     def unreachable(*args, **kwargs):
         raise errors[error]
 
-    monkeypatch.setattr(sources.datasets, "load_dataset", unreachable)
+    monkeypatch.setattr(pairs.datasets, "load_dataset", unreachable)
     with pytest.raises(HubUnreachableError, match="^the Hugging Face Hub is unreachable: pass --data-dir DIR"):
         load_hub_pairs("someone/pairs")
 
@@ -473,7 +472,7 @@ def test_hub_pairs_map_columns_and_class_ids(monkeypatch, nli_teacher, caplog):
         calls.append((name, config, split, kwargs))
         return hub
 
-    monkeypatch.setattr(sources.datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(pairs.datasets, "load_dataset", load_dataset)
     plain = load_hub_pairs("nyu-mll/glue", "mnli", split="validation_matched", revision="main")
     assert calls[0] == ("nyu-mll/glue", "mnli", "validation_matched", {"revision": "main"})
     assert plain.to_list() == [
@@ -482,7 +481,7 @@ def test_hub_pairs_map_columns_and_class_ids(monkeypatch, nli_teacher, caplog):
         {"sentence1": "c", "sentence2": "f", "label": None},
     ]
     task = task_from_teacher(nli_teacher)
-    with caplog.at_level(logging.INFO, logger="st_dse.data.sources"):
+    with caplog.at_level(logging.INFO, logger=LOGGER):
         mapped = load_hub_pairs("nyu-mll/glue", "mnli", label_names=task.label_names)
     assert mapped["label"] == [1, 0, None]  # the teacher's ids: contradiction 0, entailment 1, neutral 2
     assert "by name" in caplog.text
