@@ -93,3 +93,27 @@ def test_normalize_and_multiclass_export(minilm_path, tmp_path, exported):
         shutil.copy(folder / name, mixed / name)
         with pytest.raises(CorruptFileError, match=f"{name}.*comes from another save"):
             OnnxStudent(mixed)
+
+
+def test_int8_export(exported, tmp_path):
+    student, float_folder = exported
+    folder = export_onnx(student, tmp_path / "int8", quantize=True)
+    assert sorted(path.name for path in folder.iterdir() if path.suffix == ".onnx") == [
+        "encoder.onnx",
+        "pair_head.onnx",
+    ]  # the float32 graph it was quantised from is not left behind
+    assert json.loads((folder / "onnx_config.json").read_text())["quantized"] is True
+    assert (folder / "encoder.onnx").stat().st_size < 0.3 * (float_folder / "encoder.onnx").stat().st_size
+    # The head is not quantised: the same embeddings give the same logits as the float export's head.
+    int8_student, float_student = OnnxStudent(folder), OnnxStudent(float_folder)
+    embeddings = float_student.encode(SENTENCES1 + SENTENCES2)
+    np.testing.assert_allclose(
+        int8_student.score_embeddings(embeddings[:6], embeddings[6:]),
+        float_student.score_embeddings(embeddings[:6], embeddings[6:]),
+        atol=1e-5,
+    )
+    # The encoder's embeddings move a little (per-channel int8 weights), and stay close to float32's.
+    quantized = int8_student.encode(SENTENCES1 + SENTENCES2)
+    cosine = (quantized * embeddings).sum(1) / np.linalg.norm(quantized, axis=1) / np.linalg.norm(embeddings, axis=1)
+    assert cosine.min() > 0.95 and cosine.mean() > 0.99
+    assert not np.allclose(quantized, embeddings, atol=1e-4)
