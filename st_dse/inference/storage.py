@@ -69,9 +69,7 @@ class StoredMatrix:
         data = np.empty(shape, dtype) if path is None else np.lib.format.open_memmap(path, "w+", dtype, shape)
         start = 0
         for chunk in _float32(chunks()):
-            if dtype == "int8":
-                chunk = quantize_embeddings(chunk, "int8", ranges=ranges)
-            data[start : start + len(chunk)] = chunk
+            data[start : start + len(chunk)] = quantize_embeddings(chunk, "int8", ranges) if dtype == "int8" else chunk
             start += len(chunk)
         if start != rows:
             raise ValueError(f"chunks() yielded {rows} rows, then {start}: it must yield the same rows each time.")
@@ -88,8 +86,7 @@ class StoredMatrix:
 
     def to(self, device: str | torch.device) -> StoredMatrix:
         """The same rows on ``device`` (``"cpu"``: host memory, as a numpy array), copied in chunks."""
-        device = torch.device(device)
-        if device == self.device:
+        if (device := torch.device(device)) == self.device:
             return self
         out = torch.empty(self.shape, dtype=getattr(torch, self.dtype), device=device)
         out = self._copy_into(out.numpy() if device.type == "cpu" else out)
@@ -148,9 +145,7 @@ class StoredMatrix:
         return self.chunk(0, len(self)).cpu().numpy()
 
     def _dequantize(self, raw: Tensor) -> Tensor:
-        return (
-            torch.addcmul(self.center_tensor, raw.float(), self.scale_tensor) if self.dtype == "int8" else raw.float()
-        )
+        return raw.float() if self.scale is None else torch.addcmul(self.center_tensor, raw.float(), self.scale_tensor)
 
     @staticmethod
     def file_names(name: str, dtype: StorageDtype) -> list[str]:
