@@ -7,6 +7,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -26,6 +27,7 @@ __all__ = ["DSEReranker", "check_rank_inputs"]
 
 # Pairs scored by the head at a time: bounds the (pairs, 4 * dim) input of the concat head.
 HEAD_CHUNK_SIZE = 8192
+STUDENT_ATTRIBUTES = ("model_card_data", "tokenizer", "config", "device")
 
 
 def check_rank_inputs(query: str, documents: Sequence[str], top_k: int | None) -> None:
@@ -89,24 +91,12 @@ class DSEReranker:
     def num_labels(self) -> int:
         return self.head.num_labels
 
-    # What sentence-transformers' evaluators, trainers and hub code read from a CrossEncoder: the student's own.
-    @property
-    def model_card_data(self):
-        """The student's model card data: evaluators record their metrics there, and the student's save writes them."""
-        return self.model.model_card_data
-
-    @property
-    def tokenizer(self):
-        return self.model.tokenizer
-
-    @property
-    def config(self):
-        """The transformers config of the student's encoder."""
-        return self.model.config
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
+    def __getattr__(self, name: str) -> Any:
+        # What sentence-transformers' evaluators and hub code read from a CrossEncoder: the student's own (its model
+        # card data collects the evaluators' metrics, and the student's save writes them).
+        if name in STUDENT_ATTRIBUTES:
+            return getattr(self.model, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to(self, *args, **kwargs) -> DSEReranker:
         """Move or cast the student, as :meth:`torch.nn.Module.to`, and return this reranker. The document cache is
@@ -121,9 +111,7 @@ class DSEReranker:
         The activation is not saved: a loaded reranker picks it from the head, unless ``activation_fn`` is given."""
         self._saving_student().save(path, *args, **kwargs)
 
-    def save_pretrained(self, path: str, *args, **kwargs) -> None:
-        """The same as :meth:`save` (CrossEncoder's alias); no trainer writes a reranker's checkpoints."""
-        self.save(path, *args, **kwargs)
+    save_pretrained = save  # CrossEncoder's alias; no trainer writes a reranker's checkpoints
 
     def push_to_hub(self, repo_id: str, *args, **kwargs) -> str:
         """Upload the student (encoder and head) with its ``push_to_hub``; arguments are those of
@@ -184,15 +172,10 @@ class DSEReranker:
 
     def _logits(self, queries: list[str], documents: list[str], prompt_name, prompt, use_cache, **encode_kwargs):
         """Head logits ``(n, num_labels)`` of the pairs ``(queries[i], documents[i])``; each text encoded once."""
-        query_embeddings, query_rows = encode_unique(
-            lambda texts: self.model.encode(
-                texts, prompt_name=prompt_name, prompt=prompt, convert_to_tensor=True, **encode_kwargs
-            ),
-            queries,
-        )
-        document_embeddings, document_rows = encode_unique(
-            lambda texts: self._embed_documents(texts, use_cache, **encode_kwargs), documents
-        )
+        encode = partial(self.model.encode, prompt_name=prompt_name, prompt=prompt, convert_to_tensor=True)
+        query_embeddings, query_rows = encode_unique(partial(encode, **encode_kwargs), queries)
+        embed = partial(self._embed_documents, use_cache=use_cache, **encode_kwargs)
+        document_embeddings, document_rows = encode_unique(embed, documents)
         rows1, rows2 = (torch.tensor(rows, device=query_embeddings.device) for rows in (query_rows, document_rows))
         if len(query_embeddings) == 1:
             # One query (every rank() call): its share of the head's first layer is computed once.
