@@ -6,7 +6,7 @@ import logging
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -23,11 +23,12 @@ from st_dse.student import DSEStudent, get_pair_head, load_student
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DSEReranker", "check_rank_inputs"]
+__all__ = ["DSEReranker", "check_rank_inputs", "ranked_hits"]
 
 # Pairs scored by the head at a time: bounds the (pairs, 4 * dim) input of the concat head.
 HEAD_CHUNK_SIZE = 8192
 STUDENT_ATTRIBUTES = ("model_card_data", "tokenizer", "config", "device")
+Hit = dict[Literal["corpus_id", "score", "text"], int | float | str]
 
 
 def check_rank_inputs(query: str, documents: Sequence[str], top_k: int | None) -> None:
@@ -43,6 +44,15 @@ def check_rank_inputs(query: str, documents: Sequence[str], top_k: int | None) -
         )
     if top_k is not None:
         int_at_least("top_k", top_k)
+
+
+def ranked_hits(
+    ids: Iterable[int], scores: Iterable[float], documents: Sequence[str], top_k: int | None, return_documents: bool
+) -> list[Hit]:
+    """CrossEncoder.rank's output: the best ``top_k`` of ``{"corpus_id", "score"[, "text"]}``, ties in input order."""
+    text = (lambda i: {"text": documents[i]}) if return_documents else (lambda i: {})
+    hits = [{"corpus_id": i, "score": score, **text(i)} for i, score in zip(ids, scores)]
+    return sorted(hits, key=lambda hit: hit["score"], reverse=True)[:top_k]
 
 
 class DSEReranker:
@@ -244,7 +254,7 @@ class DSEReranker:
     @cross_encoder_predict_rank_args_decorator
     def rank(
         self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False, **kwargs
-    ) -> list[dict[Literal["corpus_id", "score", "text"], int | float | str]]:
+    ) -> list[Hit]:
         """Rank ``documents`` for ``query``, best first, with the arguments and output of :meth:`CrossEncoder.rank`
         (other arguments as for :meth:`predict`): ``[{"corpus_id": int, "score": float[, "text": str]}, ...]``.
 
@@ -258,7 +268,4 @@ class DSEReranker:
                 f"has {self.num_labels} ({self.head.problem_type}). Use DSEReranker.predict() with input pairs."
             )
         scores = self.predict([[query, document] for document in documents], convert_to_tensor=True, **kwargs)
-        results = [{"corpus_id": corpus_id, "score": score} for corpus_id, score in enumerate(scores.tolist())]
-        for result in results if return_documents else []:
-            result["text"] = documents[result["corpus_id"]]
-        return sorted(results, key=lambda result: result["score"], reverse=True)[:top_k]
+        return ranked_hits(range(len(documents)), scores.tolist(), documents, top_k, return_documents)
