@@ -238,7 +238,7 @@ class CandidateIndex:
         return range(0, max(len(self), 1), step or self._step())  # an empty index has one empty chunk
 
     def _query_vectors(self, queries: Tensor) -> Tensor:
-        return self.head.query_vectors(queries.to(next(self.head.parameters()).dtype))[:, self.label_index].float()
+        return self.head.query_vectors(queries)[:, self.label_index].float()
 
     def _chunk_scores(self, queries: Tensor, compute_dtype: torch.dtype | None = None) -> Iterator[Tensor]:
         if self.candidate_vectors is not None:
