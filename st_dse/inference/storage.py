@@ -86,7 +86,11 @@ class StoredMatrix:
 
     def to(self, device: str | torch.device) -> StoredMatrix:
         """The same rows on ``device`` (``"cpu"``: host memory, as a numpy array), copied in chunks."""
-        if (device := torch.device(device)) == self.device:
+        device = torch.device(device)
+        if device.type == self.device.type and device.index in (
+            None,
+            self.device.index,
+        ):  # "cuda": whichever GPU holds them
             return self
         out = torch.empty(self.shape, dtype=getattr(torch, self.dtype), device=device)
         out = self._copy_into(out.numpy() if device.type == "cpu" else out)
