@@ -178,17 +178,15 @@ class CandidateIndex:
         """Top ``top_k`` candidates per query by the head's logit, best first, as ``{"corpus_id", "score"}`` dicts.
         Queries are sentences (encoded here) or query embeddings; ``rerank_k`` overrides the index's for this call."""
         if not isinstance(queries, (Tensor, np.ndarray)):
-            queries = [queries] if isinstance(queries, str) else list(queries)
+            sentences = [queries] if isinstance(queries, str) else list(queries)
             int_at_least("batch_size", batch_size)
-            check_pairs(queries, queries, what="query")
+            check_pairs(sentences, sentences, what="query")
             self.model.eval()
-            encoded = self.model.encode(queries, batch_size=batch_size, convert_to_tensor=True) if queries else None
-            queries = torch.zeros((0, self.head.in_features)) if encoded is None else encoded
+            queries = torch.zeros((0, self.head.in_features))  # model.encode([]) has no dimension
+            if sentences:
+                queries = self.model.encode(sentences, batch_size=batch_size, convert_to_tensor=True)
         scores, ids = self.search_embeddings(queries, top_k, rerank_k=rerank_k)
-        return [
-            [{"corpus_id": int(i), "score": float(s)} for s, i in zip(row_scores, row_ids)]
-            for row_scores, row_ids in zip(scores.tolist(), ids.tolist())
-        ]
+        return [[{"corpus_id": i, "score": s} for s, i in zip(*row)] for row in zip(scores.tolist(), ids.tolist())]
 
     @torch.inference_mode()
     def search_embeddings(

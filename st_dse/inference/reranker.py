@@ -50,8 +50,9 @@ def ranked_hits(
     ids: Iterable[int], scores: Iterable[float], documents: Sequence[str], top_k: int | None, return_documents: bool
 ) -> list[Hit]:
     """CrossEncoder.rank's output: the best ``top_k`` of ``{"corpus_id", "score"[, "text"]}``, ties in input order."""
-    text = (lambda i: {"text": documents[i]}) if return_documents else (lambda i: {})
-    hits = [{"corpus_id": i, "score": score, **text(i)} for i, score in zip(ids, scores)]
+    hits = [{"corpus_id": i, "score": score} for i, score in zip(ids, scores)]
+    for hit in hits if return_documents else []:
+        hit["text"] = documents[hit["corpus_id"]]
     return sorted(hits, key=lambda hit: hit["score"], reverse=True)[:top_k]
 
 

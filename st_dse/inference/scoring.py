@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
@@ -61,8 +62,10 @@ def score_pairs(
     model.eval()
     logits = torch.zeros((0, head.num_labels))
     if sentences1:
-        options = {"batch_size": batch_size, "show_progress_bar": show_progress_bar, "convert_to_tensor": True}
-        embeddings, rows = encode_unique(lambda texts: model.encode(texts, **options), sentences1 + sentences2)
+        encode = partial(
+            model.encode, batch_size=batch_size, show_progress_bar=show_progress_bar, convert_to_tensor=True
+        )
+        embeddings, rows = encode_unique(encode, sentences1 + sentences2)
         rows = torch.tensor(rows, device=embeddings.device)
         logits = head.score(embeddings[rows[: len(sentences1)]], embeddings[rows[len(sentences1) :]]).float()
     result = logits_to_output(logits, head.problem_type, output).cpu()
