@@ -62,10 +62,8 @@ def score_pairs(
     model.eval()
     logits = torch.zeros((0, head.num_labels))
     if sentences1:
-        encode = partial(
-            model.encode, batch_size=batch_size, show_progress_bar=show_progress_bar, convert_to_tensor=True
-        )
-        embeddings, rows = encode_unique(encode, sentences1 + sentences2)
+        options = {"batch_size": batch_size, "show_progress_bar": show_progress_bar, "convert_to_tensor": True}
+        embeddings, rows = encode_unique(partial(model.encode, **options), sentences1 + sentences2)
         rows = torch.tensor(rows, device=embeddings.device)
         logits = head.score(embeddings[rows[: len(sentences1)]], embeddings[rows[len(sentences1) :]]).float()
     result = logits_to_output(logits, head.problem_type, output).cpu()
