@@ -322,16 +322,20 @@ class CandidateIndex:
         """
         directory, head = Path(path), get_pair_head(model)
         config = _read_config(directory, verify)
-        if (fingerprint := model_fingerprint(model)) != config["model_fingerprint"]:
+        load = partial(StoredMatrix.load, directory, dtype=config["storage_dtype"], mmap=mmap, device=device)
+        count, settings = config["num_candidates"], {key: config[key] for key in SETTINGS}
+        index = None  # a head of another shape may not take the saved settings: another model, refused below
+        same_shape = (config["in_features"], config["head_type"]) == (head.in_features, head.head_type)
+        if same_shape and config["label_index"] < head.num_labels:
+            index = cls(model, load(name="embeddings", shape=(count, head.in_features)), **settings, device=device)
+        if index is None or index.fingerprint != config["model_fingerprint"]:
+            fingerprint = model_fingerprint(model) if index is None else index.fingerprint
             raise ValueError(
                 f"The index in {directory} was built with another model (fingerprint "
                 f"{config['model_fingerprint'][:12]}..., this model's is {fingerprint[:12]}...): its embeddings mean "
                 "nothing to this model's head. Load the student that built it, or rebuild the index with this model: "
                 "CandidateIndex.from_sentences(model, corpus)."
             )
-        load = partial(StoredMatrix.load, directory, dtype=config["storage_dtype"], mmap=mmap, device=device)
-        count, settings = config["num_candidates"], {key: config[key] for key in SETTINGS}
-        index = cls(model, load(name="embeddings", shape=(count, head.in_features)), **settings, device=device)
         if head.head_type == "factorized":  # the saved vectors, not computed again
             index.candidate_vectors = load(name="candidate_vectors", shape=(count, head.rank + 2))
         if config["faiss_index"]:
