@@ -58,6 +58,7 @@ class StoredMatrix:
         """Store the rows ``chunks()`` yields without holding them all in float32. ``chunks`` is called twice and must
         yield the same rows both times; with ``path`` they go to a new memory-mapped ``.npy`` file (the caller's)."""
         one_of("storage_dtype", dtype, get_args(StorageDtype))
+        # quantize_embeddings' int8 ranges (per-column min and max) over every chunk, which it cannot see at once.
         stats = [(len(c), c.min(0, initial=np.inf), c.max(0, initial=-np.inf)) for c in _float32(chunks())]
         if not stats:
             raise ValueError("chunks() yielded nothing; yield at least one (possibly empty) 2-d array of rows.")
