@@ -88,10 +88,8 @@ class StoredMatrix:
     def to(self, device: str | torch.device) -> StoredMatrix:
         """The same rows on ``device`` (``"cpu"``: host memory, as a numpy array), copied in chunks."""
         device = torch.device(device)
-        if device.type == self.device.type and device.index in (
-            None,
-            self.device.index,
-        ):  # "cuda": whichever GPU holds them
+        # An unnumbered "cuda" is whichever GPU holds the rows.
+        if device.type == self.device.type and device.index in (None, self.device.index):
             return self
         out = torch.empty(self.shape, dtype=getattr(torch, self.dtype), device=device)
         out = self._copy_into(out.numpy() if device.type == "cpu" else out)
