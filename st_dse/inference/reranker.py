@@ -18,15 +18,13 @@ from torch import Tensor, nn
 
 from st_dse.checks import int_at_least
 from st_dse.data import check_pairs
-from st_dse.inference.scoring import encode_unique
+from st_dse.inference.scoring import encode_unique, pair_logits
 from st_dse.student import DSEStudent, get_pair_head, load_student
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DSEReranker", "check_rank_inputs", "ranked_hits"]
 
-# Pairs scored by the head at a time: bounds the (pairs, 4 * dim) input of the concat head.
-HEAD_CHUNK_SIZE = 8192
 STUDENT_ATTRIBUTES = ("model_card_data", "tokenizer", "config", "device")
 Hit = dict[Literal["corpus_id", "score", "text"], int | float | str]
 
@@ -187,13 +185,7 @@ class DSEReranker:
         query_embeddings, query_rows = encode_unique(partial(encode_query, **encode_kwargs), queries)
         embed = partial(self._embed_documents, use_cache=use_cache, **encode_kwargs)
         document_embeddings, document_rows = encode_unique(embed, documents)
-        rows1, rows2 = (torch.tensor(rows, device=query_embeddings.device) for rows in (query_rows, document_rows))
-        if len(query_embeddings) == 1:
-            # One query (every rank() call): its share of the head's first layer is computed once.
-            chunks = rows2.split(HEAD_CHUNK_SIZE)
-            return torch.cat([self.head.score_all(query_embeddings, document_embeddings[c])[0] for c in chunks])
-        pairs = zip(rows1.split(HEAD_CHUNK_SIZE), rows2.split(HEAD_CHUNK_SIZE))
-        return torch.cat([self.head.score(query_embeddings[a], document_embeddings[b]) for a, b in pairs])
+        return pair_logits(self.head, query_embeddings, query_rows, document_embeddings, document_rows)
 
     @torch.inference_mode()
     @cross_encoder_predict_rank_args_decorator
