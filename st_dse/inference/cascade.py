@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import islice
 from typing import Any, Literal
 
 import torch
@@ -11,11 +12,9 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 from st_dse.checks import int_at_least
 from st_dse.fingerprint import model_fingerprint
 from st_dse.inference.index import CandidateIndex
-from st_dse.inference.reranker import DSEReranker, check_rank_inputs
+from st_dse.inference.reranker import DSEReranker, Hit, check_rank_inputs, ranked_hits
 
 __all__ = ["CascadeReranker"]
-
-Hit = dict[Literal["corpus_id", "score", "text"], int | float | str]
 
 
 class CascadeReranker:
@@ -106,21 +105,11 @@ class CascadeReranker:
         identity = torch.nn.Identity()  # raw logits: a saturated sigmoid would tie the student's best documents
         hits = self.student_reranker.rank(query, documents, top_k=self.shortlist, activation_fn=identity, **options)
         # In corpus order, so that the teacher breaks ties as CrossEncoder.rank does on the whole list.
-        shortlisted = sorted(hit["corpus_id"] for hit in hits)
-        teacher_options = {"activation_fn": activation_fn, "device": device, "pool": pool, "chunk_size": chunk_size}
-        ranked = self.teacher.rank(
-            query,
-            [documents[i] for i in shortlisted],
-            top_k=top_k,
-            return_documents=return_documents,
-            prompt_name=prompt_name,
-            prompt=prompt,
-            **options,
-            **teacher_options,
-        )
-        for hit in ranked:
-            hit["corpus_id"] = shortlisted[hit["corpus_id"]]
-        return ranked
+        ids = sorted(hit["corpus_id"] for hit in hits)
+        options.update(activation_fn=activation_fn, device=device, pool=pool, chunk_size=chunk_size)
+        shortlist = [documents[i] for i in ids]
+        ranked = self.teacher.rank(query, shortlist, top_k, return_documents, prompt_name, prompt, **options)
+        return [{**hit, "corpus_id": ids[hit["corpus_id"]]} for hit in ranked]
 
     def search(
         self,
@@ -146,18 +135,8 @@ class CascadeReranker:
             for hits in self.index.search(queries, top_k=self.shortlist, batch_size=batch_size)
         ]
         pairs = [[query, self.candidates[i]] for query, ids in zip(queries, shortlists) for i in ids]
-        scores = self.teacher.predict(
-            pairs,
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-            activation_fn=activation_fn,
-            convert_to_tensor=True,
-        ).tolist()
-        results, start = [], 0
-        for ids in shortlists:
-            hits = [{"corpus_id": i, "score": score} for i, score in zip(ids, scores[start : start + len(ids)])]
-            for hit in hits if return_documents else []:
-                hit["text"] = self.candidates[hit["corpus_id"]]
-            results.append(sorted(hits, key=lambda hit: hit["score"], reverse=True)[:top_k])
-            start += len(ids)
-        return results
+        options = {"show_progress_bar": show_progress_bar, "activation_fn": activation_fn, "convert_to_tensor": True}
+        scores = iter(self.teacher.predict(pairs, batch_size=batch_size, **options).tolist())
+        return [
+            ranked_hits(ids, islice(scores, len(ids)), self.candidates, top_k, return_documents) for ids in shortlists
+        ]

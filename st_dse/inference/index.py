@@ -7,8 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from functools import partial
-from operator import itemgetter
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from torch import Tensor
 from st_dse.checks import int_at_least, one_of
 from st_dse.data import check_pairs
 from st_dse.fingerprint import model_fingerprint
-from st_dse.inference.prefilter import FAISS_NAME, PREFILTER_METRICS, Prefilter, PrefilterMetric
+from st_dse.inference.prefilter import PREFILTER_METRICS, Prefilter, PrefilterMetric
 from st_dse.inference.storage import REBUILD, StorageDtype, StoredMatrix, corrupt
 from st_dse.integrity import VerifyMode, atomic_save_dir, recover_interrupted_save, verify_manifest
 from st_dse.modules.pair_head import concat_logits
@@ -34,6 +33,7 @@ CONFIG_KEYS = (
     "format_version model_fingerprint num_candidates in_features head_type label_index storage_dtype chunk_size "
     "faiss_index faiss_params prefilter_metric rerank_k rescore_k"
 ).split()
+SETTINGS = ("label_index", "chunk_size", "rerank_k", "rescore_k")  # the constructor's, as saved
 # Candidates per matrix product when chunk_size is not given: an accelerator wants far larger products than a CPU.
 DEFAULT_CHUNK_SIZE = {"cpu": 8192, "cuda": 65536}
 # Scores of at most this many (query, candidate) floats are held at once; bounds memory for big query batches.
@@ -89,36 +89,37 @@ class CandidateIndex:
                 f"[0, {head.num_labels - 1}] to say which label's logit ranks candidates, got {label_index}."
             )
         one_of("prefilter_metric", prefilter_metric, PREFILTER_METRICS)
-        rescore_k = rescore_k if rescore_k is None else int_at_least("rescore_k", rescore_k)
-        if rescore_k and head.head_type != "concat":
+        if rescore_k is not None and int_at_least("rescore_k", rescore_k) and head.head_type != "concat":
             raise ValueError("rescore_k (a bfloat16 screen) applies to the concat head; a factorized head is cheap.")
+        self.chunk_size = chunk_size if chunk_size is None else int_at_least("chunk_size", chunk_size)
+        self.rerank_k, self.rescore_k = int_at_least("rerank_k", rerank_k), rescore_k
         _check_dimension("Candidate", "candidates", np.shape(candidate_embeddings), head.in_features)
         if not isinstance(candidate_embeddings, StoredMatrix):
             candidate_embeddings = StoredMatrix.from_float(candidate_embeddings, storage_dtype)
-        chunk_size = chunk_size if chunk_size is None else int_at_least("chunk_size", chunk_size)
-        settings = (label_index or 0, chunk_size, int_at_least("rerank_k", rerank_k), rescore_k)
-        self._setup(model, candidate_embeddings.to(device), model_fingerprint(model), *settings)
-        if head.head_type == "factorized":
-            with torch.inference_mode():
-                chunks = [self.embeddings.chunk(start, start + self._step()) for start in self._starts()]
-                vectors = torch.cat([self.head.candidate_vectors(chunk)[:, self.label_index] for chunk in chunks])
-            self.candidate_vectors = StoredMatrix.from_float(vectors, self.storage_dtype).to(self.device)
+        self.model, self.fingerprint, self.label_index = model, model_fingerprint(model), label_index or 0
+        self.embeddings = candidate_embeddings.to(device)
+        self.device, self.storage_dtype = self.embeddings.device, self.embeddings.dtype
+        self.head = head if next(head.parameters()).device == self.device else copy.deepcopy(head).to(self.device)
+        self.prefilter: Prefilter | None = None
         if faiss_index is not None:  # a factorized head's logit is the inner product of its head vectors
             metric = "inner_product" if head.head_type == "factorized" else prefilter_metric
-            self.prefilter = Prefilter.build(faiss_index, metric, self._prefilter_source())
+            self.prefilter = Prefilter.build(faiss_index, metric, self.prefilter_source)
 
-    def _setup(self, model, embeddings: StoredMatrix, fingerprint, label_index, chunk_size, rerank_k, rescore_k):
-        head, self.device = get_pair_head(model), embeddings.device
-        self.model, self.fingerprint, self.label_index, self.chunk_size = model, fingerprint, label_index, chunk_size
-        self.rerank_k, self.rescore_k, self.embeddings, self.storage_dtype = (
-            rerank_k,
-            rescore_k,
-            embeddings,
-            embeddings.dtype,
-        )
-        self.head = head if next(head.parameters()).device == self.device else copy.deepcopy(head).to(self.device)
-        self.candidate_vectors: StoredMatrix | None = None  # a factorized head's
-        self.prefilter: Prefilter | None = None
+    @cached_property
+    def candidate_vectors(self) -> StoredMatrix | None:
+        """A factorized head's candidate-side vectors of the ranking label, from the stored embeddings and stored as
+        they are (None for a concat head); computed at first use, or read from the folder by :meth:`load`."""
+        if self.head.head_type != "factorized":
+            return None
+        with torch.inference_mode():
+            chunks = (self.embeddings.chunk(start, start + self._step()) for start in self._starts())
+            vectors = torch.cat([self.head.candidate_vectors(chunk)[:, self.label_index] for chunk in chunks])
+        return StoredMatrix.from_float(vectors, self.storage_dtype).to(self.device)
+
+    @property
+    def prefilter_source(self) -> StoredMatrix:
+        """What a faiss prefilter indexes: the candidate vectors of a factorized head, else the embeddings."""
+        return self.embeddings if self.candidate_vectors is None else self.candidate_vectors
 
     @classmethod
     def from_sentences(
@@ -177,17 +178,15 @@ class CandidateIndex:
         """Top ``top_k`` candidates per query by the head's logit, best first, as ``{"corpus_id", "score"}`` dicts.
         Queries are sentences (encoded here) or query embeddings; ``rerank_k`` overrides the index's for this call."""
         if not isinstance(queries, (Tensor, np.ndarray)):
-            queries = [queries] if isinstance(queries, str) else list(queries)
+            sentences = [queries] if isinstance(queries, str) else list(queries)
             int_at_least("batch_size", batch_size)
-            check_pairs(queries, queries, what="query")
+            check_pairs(sentences, sentences, what="query")
             self.model.eval()
-            encoded = self.model.encode(queries, batch_size=batch_size, convert_to_tensor=True) if queries else None
-            queries = torch.zeros((0, self.head.in_features)) if encoded is None else encoded
+            queries = torch.zeros((0, self.head.in_features))  # model.encode([]) has no dimension
+            if sentences:
+                queries = self.model.encode(sentences, batch_size=batch_size, convert_to_tensor=True)
         scores, ids = self.search_embeddings(queries, top_k, rerank_k=rerank_k)
-        return [
-            [{"corpus_id": int(i), "score": float(s)} for s, i in zip(row_scores, row_ids)]
-            for row_scores, row_ids in zip(scores.tolist(), ids.tolist())
-        ]
+        return [[{"corpus_id": i, "score": s} for s, i in zip(*row)] for row in zip(scores.tolist(), ids.tolist())]
 
     @torch.inference_mode()
     def search_embeddings(
@@ -230,9 +229,6 @@ class CandidateIndex:
         _check_dimension("Query", "queries", tuple(embeddings.shape), self.head.in_features)
         return embeddings.detach().to(self.device, torch.float32)
 
-    def _prefilter_source(self) -> StoredMatrix:
-        return self.embeddings if self.candidate_vectors is None else self.candidate_vectors
-
     def _step(self) -> int:
         return self.chunk_size or DEFAULT_CHUNK_SIZE.get(self.device.type, DEFAULT_CHUNK_SIZE["cuda"])
 
@@ -240,7 +236,7 @@ class CandidateIndex:
         return range(0, max(len(self), 1), step or self._step())  # an empty index has one empty chunk
 
     def _query_vectors(self, queries: Tensor) -> Tensor:
-        return self.head.query_vectors(queries.to(next(self.head.parameters()).dtype))[:, self.label_index].float()
+        return self.head.query_vectors(queries)[:, self.label_index].float()
 
     def _chunk_scores(self, queries: Tensor, compute_dtype: torch.dtype | None = None) -> Iterator[Tensor]:
         if self.candidate_vectors is not None:
@@ -326,24 +322,26 @@ class CandidateIndex:
         """
         directory, head = Path(path), get_pair_head(model)
         config = _read_config(directory, verify)
-        fingerprint = model_fingerprint(model)
-        if fingerprint != config["model_fingerprint"]:
+        load = partial(StoredMatrix.load, directory, dtype=config["storage_dtype"], mmap=mmap, device=device)
+        count, settings = config["num_candidates"], {key: config[key] for key in SETTINGS}
+        index = None  # a head of another shape may not take the saved settings: another model, refused below
+        same_shape = (config["in_features"], config["head_type"]) == (head.in_features, head.head_type)
+        if same_shape and config["label_index"] < head.num_labels:
+            index = cls(model, load(name="embeddings", shape=(count, head.in_features)), **settings, device=device)
+        if index is None or index.fingerprint != config["model_fingerprint"]:
+            fingerprint = model_fingerprint(model) if index is None else index.fingerprint
             raise ValueError(
                 f"The index in {directory} was built with another model (fingerprint "
                 f"{config['model_fingerprint'][:12]}..., this model's is {fingerprint[:12]}...): its embeddings mean "
                 "nothing to this model's head. Load the student that built it, or rebuild the index with this model: "
                 "CandidateIndex.from_sentences(model, corpus)."
             )
-        dtype, count = config["storage_dtype"], config["num_candidates"]
-        index, load = cls.__new__(cls), partial(StoredMatrix.load, directory, dtype=dtype, mmap=mmap, device=device)
-        settings = itemgetter("label_index", "chunk_size", "rerank_k", "rescore_k")(config)
-        index._setup(model, load(name="embeddings", shape=(count, head.in_features)), fingerprint, *settings)
-        if head.head_type == "factorized":
+        if head.head_type == "factorized":  # the saved vectors, not computed again
             index.candidate_vectors = load(name="candidate_vectors", shape=(count, head.rank + 2))
         if config["faiss_index"]:
             params = config["faiss_params"] if faiss_params is None else faiss_params
-            source, metric = index._prefilter_source(), config["prefilter_metric"]
-            index.prefilter = Prefilter.load(directory, config["faiss_index"], metric, source, params, mmap)
+            spec, metric = config["faiss_index"], config["prefilter_metric"]
+            index.prefilter = Prefilter.load(directory, spec, metric, index.prefilter_source, params, mmap)
         return index
 
 
@@ -356,20 +354,15 @@ def _read_config(directory: Path, verify: VerifyMode) -> dict[str, Any]:
             f"{path} is missing: {directory} is not a saved CandidateIndex (or its save did not finish). "
             "Build it with CandidateIndex.from_sentences(model, corpus).save(path)."
         )
-    verify_manifest(directory, files=[CONFIG_NAME], verify=verify, remedy=REBUILD)
+    if not verify_manifest(directory, verify=verify, remedy=REBUILD) and verify != "none":
+        logger.warning("%s has no checksums.json: its files were not verified.", directory)
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-        files = [CONFIG_NAME, *StoredMatrix.file_names("embeddings", config["storage_dtype"])]
-        if config["head_type"] == "factorized":
-            files += StoredMatrix.file_names("candidate_vectors", config["storage_dtype"])
-        files += [FAISS_NAME] if config["faiss_index"] else []
-        version = itemgetter(*CONFIG_KEYS)(config)[0]  # a KeyError when a setting is missing
+        config = {key: config[key] for key in CONFIG_KEYS}
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise corrupt(path, f"is not a readable index config ({error!r})") from None
-    if version > INDEX_FORMAT_VERSION:
-        raise ValueError(f"{directory} was saved by a newer st_dse (index format {version}); upgrade st_dse.")
-    if not verify_manifest(directory, files=files, verify=verify, remedy=REBUILD) and verify != "none":
-        logger.warning("%s has no checksums.json: its files were not verified.", directory)
+    if config["format_version"] > INDEX_FORMAT_VERSION:
+        raise ValueError(f"{directory} was saved by a newer st_dse (index format {config['format_version']}).")
     return config
 
 

@@ -71,8 +71,7 @@ class Prefilter:
     def set_params(self, params: str | None) -> None:
         """Apply faiss search parameters, e.g. ``"nprobe=64"`` (IVF) or ``"efSearch=512"`` (HNSW)."""
         try:
-            if params:
-                faiss_module().ParameterSpace().set_index_parameters(self.index, params)
+            faiss_module().ParameterSpace().set_index_parameters(self.index, params or "")
         except RuntimeError as error:
             raise ValueError(
                 f"faiss cannot apply the search parameters {params!r} to the index {self.spec!r} "
@@ -101,7 +100,7 @@ class Prefilter:
     def search(self, head: PairHead, label_index: int, queries: Tensor, k: int) -> Tensor:
         """The ``k`` best candidate ids ``(num_queries, k)`` per query, on the CPU; ``-1`` where there are fewer."""
         if head.head_type == "factorized":
-            queries = head.query_vectors(queries.to(next(head.parameters()).dtype))[:, label_index]
+            queries = head.query_vectors(queries)[:, label_index]
         elif self.surrogate is not None:
             queries = self.surrogate.query_vectors(head, label_index, queries)
         return torch.from_numpy(self.index.search(self._faiss_input(queries), k)[1])

@@ -6,7 +6,8 @@ import logging
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -17,15 +18,15 @@ from torch import Tensor, nn
 
 from st_dse.checks import int_at_least
 from st_dse.data import check_pairs
-from st_dse.inference.scoring import encode_unique
+from st_dse.inference.scoring import encode_unique, pair_logits
 from st_dse.student import DSEStudent, get_pair_head, load_student
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DSEReranker", "check_rank_inputs"]
+__all__ = ["DSEReranker", "check_rank_inputs", "ranked_hits"]
 
-# Pairs scored by the head at a time: bounds the (pairs, 4 * dim) input of the concat head.
-HEAD_CHUNK_SIZE = 8192
+STUDENT_ATTRIBUTES = ("model_card_data", "tokenizer", "config", "device")
+Hit = dict[Literal["corpus_id", "score", "text"], int | float | str]
 
 
 def check_rank_inputs(query: str, documents: Sequence[str], top_k: int | None) -> None:
@@ -41,6 +42,16 @@ def check_rank_inputs(query: str, documents: Sequence[str], top_k: int | None) -
         )
     if top_k is not None:
         int_at_least("top_k", top_k)
+
+
+def ranked_hits(
+    ids: Iterable[int], scores: Iterable[float], documents: Sequence[str], top_k: int | None, return_documents: bool
+) -> list[Hit]:
+    """CrossEncoder.rank's output: the best ``top_k`` of ``{"corpus_id", "score"[, "text"]}``, ties in input order."""
+    hits = [{"corpus_id": i, "score": score} for i, score in zip(ids, scores)]
+    for hit in hits if return_documents else []:
+        hit["text"] = documents[hit["corpus_id"]]
+    return sorted(hits, key=lambda hit: hit["score"], reverse=True)[:top_k]
 
 
 class DSEReranker:
@@ -89,24 +100,12 @@ class DSEReranker:
     def num_labels(self) -> int:
         return self.head.num_labels
 
-    # What sentence-transformers' evaluators, trainers and hub code read from a CrossEncoder: the student's own.
-    @property
-    def model_card_data(self):
-        """The student's model card data: evaluators record their metrics there, and the student's save writes them."""
-        return self.model.model_card_data
-
-    @property
-    def tokenizer(self):
-        return self.model.tokenizer
-
-    @property
-    def config(self):
-        """The transformers config of the student's encoder."""
-        return self.model.config
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
+    def __getattr__(self, name: str) -> Any:
+        # What sentence-transformers' evaluators and hub code read from a CrossEncoder: the student's own (its model
+        # card data collects the evaluators' metrics, and the student's save writes them).
+        if name in STUDENT_ATTRIBUTES:
+            return getattr(self.model, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to(self, *args, **kwargs) -> DSEReranker:
         """Move or cast the student, as :meth:`torch.nn.Module.to`, and return this reranker. The document cache is
@@ -121,9 +120,7 @@ class DSEReranker:
         The activation is not saved: a loaded reranker picks it from the head, unless ``activation_fn`` is given."""
         self._saving_student().save(path, *args, **kwargs)
 
-    def save_pretrained(self, path: str, *args, **kwargs) -> None:
-        """The same as :meth:`save` (CrossEncoder's alias); no trainer writes a reranker's checkpoints."""
-        self.save(path, *args, **kwargs)
+    save_pretrained = save  # CrossEncoder's alias; no trainer writes a reranker's checkpoints
 
     def push_to_hub(self, repo_id: str, *args, **kwargs) -> str:
         """Upload the student (encoder and head) with its ``push_to_hub``; arguments are those of
@@ -184,22 +181,11 @@ class DSEReranker:
 
     def _logits(self, queries: list[str], documents: list[str], prompt_name, prompt, use_cache, **encode_kwargs):
         """Head logits ``(n, num_labels)`` of the pairs ``(queries[i], documents[i])``; each text encoded once."""
-        query_embeddings, query_rows = encode_unique(
-            lambda texts: self.model.encode(
-                texts, prompt_name=prompt_name, prompt=prompt, convert_to_tensor=True, **encode_kwargs
-            ),
-            queries,
-        )
-        document_embeddings, document_rows = encode_unique(
-            lambda texts: self._embed_documents(texts, use_cache, **encode_kwargs), documents
-        )
-        rows1, rows2 = (torch.tensor(rows, device=query_embeddings.device) for rows in (query_rows, document_rows))
-        if len(query_embeddings) == 1:
-            # One query (every rank() call): its share of the head's first layer is computed once.
-            chunks = rows2.split(HEAD_CHUNK_SIZE)
-            return torch.cat([self.head.score_all(query_embeddings, document_embeddings[c])[0] for c in chunks])
-        pairs = zip(rows1.split(HEAD_CHUNK_SIZE), rows2.split(HEAD_CHUNK_SIZE))
-        return torch.cat([self.head.score(query_embeddings[a], document_embeddings[b]) for a, b in pairs])
+        encode_query = partial(self.model.encode, prompt_name=prompt_name, prompt=prompt, convert_to_tensor=True)
+        query_embeddings, query_rows = encode_unique(partial(encode_query, **encode_kwargs), queries)
+        embed = partial(self._embed_documents, use_cache=use_cache, **encode_kwargs)
+        document_embeddings, document_rows = encode_unique(embed, documents)
+        return pair_logits(self.head, query_embeddings, query_rows, document_embeddings, document_rows)
 
     @torch.inference_mode()
     @cross_encoder_predict_rank_args_decorator
@@ -261,7 +247,7 @@ class DSEReranker:
     @cross_encoder_predict_rank_args_decorator
     def rank(
         self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False, **kwargs
-    ) -> list[dict[Literal["corpus_id", "score", "text"], int | float | str]]:
+    ) -> list[Hit]:
         """Rank ``documents`` for ``query``, best first, with the arguments and output of :meth:`CrossEncoder.rank`
         (other arguments as for :meth:`predict`): ``[{"corpus_id": int, "score": float[, "text": str]}, ...]``.
 
@@ -275,7 +261,4 @@ class DSEReranker:
                 f"has {self.num_labels} ({self.head.problem_type}). Use DSEReranker.predict() with input pairs."
             )
         scores = self.predict([[query, document] for document in documents], convert_to_tensor=True, **kwargs)
-        results = [{"corpus_id": corpus_id, "score": score} for corpus_id, score in enumerate(scores.tolist())]
-        for result in results if return_documents else []:
-            result["text"] = documents[result["corpus_id"]]
-        return sorted(results, key=lambda result: result["score"], reverse=True)[:top_k]
+        return ranked_hits(range(len(documents)), scores.tolist(), documents, top_k, return_documents)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
@@ -12,10 +13,14 @@ from torch import Tensor
 
 from st_dse.checks import int_at_least
 from st_dse.data import check_pairs
-from st_dse.modules.pair_head import Output, logits_to_output
+from st_dse.modules.pair_head import Output, PairHead, logits_to_output
 from st_dse.student import get_pair_head
 
 Embeddings = TypeVar("Embeddings")
+
+
+# Pairs scored by the head at a time: bounds the (pairs, 4 * dim) input of the concat head.
+HEAD_CHUNK_SIZE = 8192
 
 
 def encode_unique(encode: Callable[[list[str]], Embeddings], sentences: Sequence[str]) -> tuple[Embeddings, list[int]]:
@@ -23,6 +28,19 @@ def encode_unique(encode: Callable[[list[str]], Embeddings], sentences: Sequence
     position: dict[str, int] = {}
     rows = [position.setdefault(sentence, len(position)) for sentence in sentences]
     return encode(list(position)), rows
+
+
+def pair_logits(
+    head: PairHead, embeddings1: Tensor, rows1: list[int], embeddings2: Tensor, rows2: list[int]
+) -> Tensor:
+    """Head logits ``(n, num_labels)`` of the pairs ``(embeddings1[rows1[i]], embeddings2[rows2[i]])``, in chunks;
+    a single first embedding (one query) has its share of the head's first layer computed once."""
+    rows1, rows2 = (torch.tensor(rows, device=embeddings1.device) for rows in (rows1, rows2))
+    if len(embeddings1) == 1:
+        chunks = rows2.split(HEAD_CHUNK_SIZE)
+        return torch.cat([head.score_all(embeddings1, embeddings2[chunk])[0] for chunk in chunks])
+    pairs = zip(rows1.split(HEAD_CHUNK_SIZE), rows2.split(HEAD_CHUNK_SIZE))
+    return torch.cat([head.score(embeddings1[first], embeddings2[second]) for first, second in pairs])
 
 
 @torch.inference_mode()
@@ -62,8 +80,7 @@ def score_pairs(
     logits = torch.zeros((0, head.num_labels))
     if sentences1:
         options = {"batch_size": batch_size, "show_progress_bar": show_progress_bar, "convert_to_tensor": True}
-        embeddings, rows = encode_unique(lambda texts: model.encode(texts, **options), sentences1 + sentences2)
-        rows = torch.tensor(rows, device=embeddings.device)
-        logits = head.score(embeddings[rows[: len(sentences1)]], embeddings[rows[len(sentences1) :]]).float()
+        embeddings, rows = encode_unique(partial(model.encode, **options), sentences1 + sentences2)
+        logits = pair_logits(head, embeddings, rows[: len(sentences1)], embeddings, rows[len(sentences1) :]).float()
     result = logits_to_output(logits, head.problem_type, output).cpu()
     return result.numpy() if convert_to_numpy else result

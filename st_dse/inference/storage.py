@@ -58,6 +58,7 @@ class StoredMatrix:
         """Store the rows ``chunks()`` yields without holding them all in float32. ``chunks`` is called twice and must
         yield the same rows both times; with ``path`` they go to a new memory-mapped ``.npy`` file (the caller's)."""
         one_of("storage_dtype", dtype, get_args(StorageDtype))
+        # quantize_embeddings' int8 ranges (per-column min and max) over every chunk, which it cannot see at once.
         stats = [(len(c), c.min(0, initial=np.inf), c.max(0, initial=-np.inf)) for c in _float32(chunks())]
         if not stats:
             raise ValueError("chunks() yielded nothing; yield at least one (possibly empty) 2-d array of rows.")
@@ -69,9 +70,7 @@ class StoredMatrix:
         data = np.empty(shape, dtype) if path is None else np.lib.format.open_memmap(path, "w+", dtype, shape)
         start = 0
         for chunk in _float32(chunks()):
-            if dtype == "int8":
-                chunk = quantize_embeddings(chunk, "int8", ranges=ranges)
-            data[start : start + len(chunk)] = chunk
+            data[start : start + len(chunk)] = quantize_embeddings(chunk, "int8", ranges) if dtype == "int8" else chunk
             start += len(chunk)
         if start != rows:
             raise ValueError(f"chunks() yielded {rows} rows, then {start}: it must yield the same rows each time.")
@@ -89,7 +88,8 @@ class StoredMatrix:
     def to(self, device: str | torch.device) -> StoredMatrix:
         """The same rows on ``device`` (``"cpu"``: host memory, as a numpy array), copied in chunks."""
         device = torch.device(device)
-        if device == self.device:
+        # An unnumbered "cuda" is whichever GPU holds the rows.
+        if device.type == self.device.type and device.index in (None, self.device.index):
             return self
         out = torch.empty(self.shape, dtype=getattr(torch, self.dtype), device=device)
         out = self._copy_into(out.numpy() if device.type == "cpu" else out)
@@ -148,9 +148,7 @@ class StoredMatrix:
         return self.chunk(0, len(self)).cpu().numpy()
 
     def _dequantize(self, raw: Tensor) -> Tensor:
-        return (
-            torch.addcmul(self.center_tensor, raw.float(), self.scale_tensor) if self.dtype == "int8" else raw.float()
-        )
+        return raw.float() if self.scale is None else torch.addcmul(self.center_tensor, raw.float(), self.scale_tensor)
 
     @staticmethod
     def file_names(name: str, dtype: StorageDtype) -> list[str]:

@@ -226,6 +226,10 @@ def test_load_refuses_another_model(students, minilm_path, candidates, tmp_path)
         CandidateIndex.load(tmp_path / "index", other)
     with pytest.raises(ValueError, match="built with another model"):
         CandidateIndex.load(tmp_path / "index", students["factorized"])
+    # A head that cannot even take the saved settings (label 2 of a one-label head) is another model too.
+    CandidateIndex(_student(minilm_path, "concat", num_labels=3), candidates, label_index=2).save(tmp_path / "three")
+    with pytest.raises(ValueError, match="built with another model"):
+        CandidateIndex.load(tmp_path / "three", students["concat"])
 
 
 def test_fingerprint_survives_saving_the_student(students, candidates, queries, tmp_path):
