@@ -27,9 +27,9 @@ from collections import Counter
 from sentence_transformers import CrossEncoder
 
 from st_dse.data import get_task, load_task
-from st_dse.data.pair_files import HubUnreachableError
 from st_dse.data.sources import DataConfig, load_pairs
 from st_dse.hub import resolve_model_name
+from st_dse.recipes import refused, start_logging
 from st_dse.teacher import (
     TeacherLogitCache,
     default_cache_dir,
@@ -39,7 +39,6 @@ from st_dse.teacher import (
     teacher_fingerprint,
 )
 from st_dse.training.config import LabelConfig, parse_config
-from st_dse.training.train import quiet_libraries
 
 logger = logging.getLogger("label_teacher")
 
@@ -65,14 +64,11 @@ def _count_scored_pairs(teacher: CrossEncoder) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
+    start_logging()
     data, args = parse_config((DataConfig, LabelConfig), argv, description=__doc__)
-    try:
+    with refused():
         teacher = CrossEncoder(resolve_model_name(args.teacher))
         dataset = load_split(data, args, teacher)
-    except (HubUnreachableError, FileNotFoundError, ValueError) as error:  # one line, not a traceback
-        raise SystemExit(f"error: {error}") from None
     cache_dir = args.cache_dir or default_cache_dir()
     source = data.task or data.train_file or data.dataset
     summary = {"task": source, "split": args.split, "pairs": len(dataset), "teacher": args.teacher}
