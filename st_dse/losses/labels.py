@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import datasets
 import numpy as np
 
-from st_dse.data.pairs import check_pairs
+from st_dse.data import check_pairs
+from st_dse.losses.dse_loss import is_number
 
 
 def pack_dse_labels(
@@ -96,7 +97,7 @@ def _teacher_values(row: int, logits: object, teacher_column: str, widths: set[i
     if not isinstance(logits, (list, tuple)) or not logits:
         problem = f"are {logits!r}, expected a non-empty list of numbers. Label every pair with"
     else:
-        bad = [x for x in logits if not isinstance(x, numbers.Real) or isinstance(x, bool) or not math.isfinite(x)]
+        bad = [x for x in logits if not is_number(x)]
         if bad:
             problem = f"{logits!r} hold {bad[0]!r}, expected finite numbers. Label the pair again with"
     if problem:

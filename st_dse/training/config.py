@@ -10,7 +10,6 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from numbers import Real
 from typing import Any, Literal
 
 from transformers import HfArgumentParser
@@ -18,6 +17,7 @@ from transformers import HfArgumentParser
 from st_dse.checks import int_at_least, one_of
 from st_dse.data.augment import STRATEGIES
 from st_dse.hub import DEFAULT_MODEL
+from st_dse.losses.dse_loss import is_number
 
 DEFAULT_AUGMENT = 2.0  # new pairs per train pair when a trained teacher is given
 CACHE_HELP = "teacher-logit cache (default: $ST_DSE_CACHE or ~/.cache/st_dse)"
@@ -43,8 +43,8 @@ def check_fields(config: object, ints: Sequence[str] = (), numbers: dict[str, tu
             int_at_least(_flag(name), getattr(config, name))
     for name, (low, high, above_low) in (numbers or {}).items():
         value = getattr(config, name)
-        number = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-        if value is not None and not (number and (low < value if above_low else low <= value) and value <= high):
+        inside = is_number(value) and (low < value if above_low else low <= value) and value <= high
+        if value is not None and not inside:
             wanted = f"in [{low:g}, {high:g}]" if high < math.inf else f"a number {'>' if above_low else '>='} {low:g}"
             raise ValueError(f"{_flag(name)} must be {wanted}, got {value!r}.")
     if not 0 <= getattr(config, "seed", 0) < 2**32:

@@ -13,7 +13,7 @@ import numpy as np
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
-from st_dse.data.tasks import TaskSpec, compute_metrics, logits_to_predictions
+from st_dse.data import TaskSpec, compute_metrics, logits_to_predictions
 from st_dse.inference.scoring import score_pairs
 from st_dse.teacher import raw_logits
 
