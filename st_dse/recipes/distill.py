@@ -42,7 +42,7 @@ from st_dse.teacher import raw_logits
 from st_dse.training import distill_student, evaluate_student, finetune_teacher, save_student
 from st_dse.training import run_record as records
 from st_dse.training.config import DistillConfig, RunConfig, TeacherConfig, config_fields, parse_config
-from st_dse.training.evaluator import agreement_report, format_report, relative_degradation
+from st_dse.training.evaluator import EVAL_BATCH_SIZE, agreement_report, format_report, relative_degradation
 from st_dse.training.train import barrier, check_output_dir, is_main_process, label_across_ranks, sibling_dir
 
 logger = logging.getLogger("distill")
@@ -167,9 +167,9 @@ def dev_report(student, teacher, task, dev, config: DistillConfig, metrics: dict
         if gold is not None:
             metrics["student"] = evaluate_student(student, task, dev)
         return None
-    # Batches of 64, as evaluate_student and evaluate_cross_encoder score, so the metrics equal theirs exactly.
-    student_logits = score_pairs(student, dev["sentence1"], dev["sentence2"], batch_size=64)
-    teacher_logits = raw_logits(teacher, list(zip(dev["sentence1"], dev["sentence2"])), batch_size=64)
+    # In evaluate_student's and evaluate_cross_encoder's batches, so that the metrics equal theirs exactly.
+    student_logits = score_pairs(student, dev["sentence1"], dev["sentence2"], batch_size=EVAL_BATCH_SIZE)
+    teacher_logits = raw_logits(teacher, list(zip(dev["sentence1"], dev["sentence2"])), batch_size=EVAL_BATCH_SIZE)
     report = agreement_report(student_logits, teacher_logits, task, gold=gold)
     if report.get("student_metrics"):
         metrics["student"], metrics["teacher"] = report["student_metrics"], report["teacher_metrics"]

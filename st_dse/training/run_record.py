@@ -24,16 +24,7 @@ RUN_FILE = "run.json"
 RUN_OUTPUTS = (RUN_FILE, "checkpoint-*", "eval")
 #: Settings a resumed run may change: where its outputs, data and caches live, and how fast the teacher labels.
 NOT_COMPARED = frozenset(
-    {
-        "output_dir",
-        "overwrite",
-        "resume",
-        "push_to_hub",
-        "cache_dir",
-        "label_batch_size",
-        "data_dir",
-        "keep_checkpoints",
-    }
+    "output_dir overwrite resume push_to_hub cache_dir label_batch_size data_dir keep_checkpoints".split()
 )
 
 
