@@ -58,9 +58,19 @@ def parse_args(argv: list[str] | None = None, task: str | None = None):
     return data, config, run
 
 
-def check_models(config: DistillConfig) -> None:
-    """Before any work: the models load (see resolve_model_name), --teacher is a cross-encoder, and the student's
-    encoder has the layers and positions --pooling-layers and --max-seq-length ask for."""
+def check_before_work(data: DataConfig, config: DistillConfig, run: RunConfig) -> None:
+    """Before any work: the output folders may be written (none is an input, the working directory or a folder
+    holding what st_dse did not write), the models load (see resolve_model_name), --teacher is a cross-encoder, and
+    the student's encoder has the layers and positions --pooling-layers and --max-seq-length ask for."""
+    checkpoints, teacher_dir = sibling_dir(run.output_dir, "checkpoints"), sibling_dir(run.output_dir, "teacher")
+    outputs = [run.output_dir, checkpoints]
+    if not config.teacher:  # a teacher fine-tuned here goes to OUTPUT_DIR-teacher, its checkpoints beside it
+        outputs += [teacher_dir, sibling_dir(teacher_dir, "checkpoints")]
+    sources = [data.train_file, data.dev_file, data.data_dir, config.teacher, config.teacher_base, config.student]
+    records.check_output_folders(outputs, sources)
+    check_output_dir(run.output_dir, run.overwrite, run.resume)
+    if not config.teacher:  # refuse a foreign OUTPUT_DIR-teacher now, whatever the flags
+        check_output_dir(teacher_dir, True, True, kind="teacher")
     for name in (config.student, config.teacher or config.teacher_base):
         if not os.path.exists(name) and not is_hub_id(name):
             raise FileNotFoundError(f"No model folder at {name!r}, and it is not a Hub id: pass an existing folder.")
@@ -158,7 +168,7 @@ def label_candidate_lists(teacher, config: DistillConfig, train, timings: dict):
     return lists.add_column("label", list_labels(pairs["teacher_logits"], len(lists)))
 
 
-def dev_report(student, teacher, task, dev, config: DistillConfig, metrics: dict) -> dict | None:
+def dev_report(student, teacher, task, dev, metrics: dict) -> dict | None:
     """Student against teacher on the dev pairs (and both against gold where the dev pairs have labels)."""
     if dev is None:
         return None
@@ -180,19 +190,10 @@ def dev_report(student, teacher, task, dev, config: DistillConfig, metrics: dict
 def main(argv: list[str] | None = None, task: str | None = None) -> dict:
     start_logging()
     data, config, run = parse_args(argv, task)
-    checkpoints, teacher_dir = sibling_dir(run.output_dir, "checkpoints"), sibling_dir(run.output_dir, "teacher")
-    outputs = [run.output_dir, checkpoints]
-    if not config.teacher:  # a teacher fine-tuned here goes to OUTPUT_DIR-teacher, its checkpoints beside it
-        outputs += [teacher_dir, sibling_dir(teacher_dir, "checkpoints")]
     with refused():
-        sources = [data.train_file, data.dev_file, data.data_dir, config.teacher, config.teacher_base, config.student]
-        records.check_output_folders(outputs, sources)
-        check_output_dir(run.output_dir, run.overwrite, run.resume)
-        if not config.teacher:  # refuse a foreign OUTPUT_DIR-teacher now, whatever the flags
-            check_output_dir(teacher_dir, True, True, kind="teacher")
-        check_models(config)
+        check_before_work(data, config, run)
+    checkpoints, teacher_dir = sibling_dir(run.output_dir, "checkpoints"), sibling_dir(run.output_dir, "teacher")
     timings: dict[str, float] = {}
-    metrics: dict[str, dict] = {}
 
     # 1. The pairs and the task they form (with your own pairs: the task's shape comes from the teacher).
     teacher, teacher_name = None, None
@@ -248,7 +249,14 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
     barrier()
     if not is_main_process():
         return {}
-    report = dev_report(student, teacher, task, dev, config, metrics)
+    return save_run(student, teacher, teacher_name, task, dev, (data, config, run), timings)
+
+
+def save_run(student, teacher, teacher_name, task, dev, configs: tuple, timings: dict) -> dict:
+    """Step 5 of :func:`main`: the dev report, the student saved (and pushed) with its summary, no checkpoints left."""
+    data, config, run = configs
+    metrics: dict[str, dict] = {}
+    report = dev_report(student, teacher, task, dev, metrics)
     if "teacher" in metrics and "student" in metrics:
         degradation = relative_degradation(metrics["teacher"], metrics["student"], task.main_metric)
         logger.info("Relative degradation of %s against the teacher: %.2f%%", task.main_metric, degradation)
@@ -265,8 +273,9 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
         # The saved folder as it is (card, head, dse.json); nothing from beside it (teacher, checkpoints).
         student.push_to_hub(run.push_to_hub, local_model_path=run.output_dir, exist_ok=True)
     print(json.dumps({"task": task.name, "metrics": metrics, "timings_s": timings}, indent=2))
+    checkpoints = sibling_dir(run.output_dir, "checkpoints")
     if not run.keep_checkpoints:  # the run is saved: its checkpoints (and a teacher's fine-tuned here) are not needed
-        for folder in (checkpoints, sibling_dir(teacher_dir, "checkpoints")):
+        for folder in (checkpoints, sibling_dir(sibling_dir(run.output_dir, "teacher"), "checkpoints")):
             records.remove_checkpoints(folder)
     kept = f" (checkpoints in {checkpoints})" if run.keep_checkpoints else ""
     print(f"Saved the student to {Path(run.output_dir)}{kept}.")
