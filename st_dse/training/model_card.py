@@ -54,7 +54,7 @@ class DSEModelCardData(SentenceTransformerModelCardData):
     pair_task_type: str | None = None
     dev_dataset: dict[str, str] = field(default_factory=dict)
     dse: dict[str, Any] = field(default_factory=dict)
-    template_path: Path = field(default=Path(__file__).with_name("model_card_template.md"), init=False, repr=False)
+    template_path: Path = field(default=Path(__file__).with_name("model_card_template.jinja"), init=False, repr=False)
 
     def compute_dataset_metrics(self, dataset, dataset_info, loss, router_mapping=None):
         if isinstance(dataset, datasets.Dataset) and len(dataset):
