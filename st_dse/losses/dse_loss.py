@@ -74,8 +74,7 @@ class DSELoss(nn.Module):
                 SentenceTransformerTrainer(model=student, train_dataset=pairs, loss=loss).train()
         """
         super().__init__()
-        number = isinstance(distillation_weight, numbers.Real) and not isinstance(distillation_weight, bool)
-        if not (number and 0.0 <= distillation_weight <= 1.0):
+        if not (is_number(distillation_weight) and 0.0 <= distillation_weight <= 1.0):
             raise ValueError(
                 f"distillation_weight must be in [0, 1], a number (0: gold labels only, 1: teacher only), got "
                 f"{distillation_weight!r}."
@@ -139,22 +138,22 @@ class DSELoss(nn.Module):
         return (labels.reshape(-1), None) if width == 1 else (labels[:, 0], labels[:, 1:] * self.teacher_logit_scale)
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {
-            "distillation_weight": self.distillation_weight,
-            "symmetric": self.symmetric,
-            "teacher_logit_scale": self.teacher_logit_scale,
-        }
+        return {name: getattr(self, name) for name in ("distillation_weight", "symmetric", "teacher_logit_scale")}
 
     @property
     def citation(self) -> str:
         return DSE_CITATION
 
 
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (numpy's included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_teacher_logit_scale(teacher_logit_scale: float, problem_type: str) -> None:
     """Refuse a teacher_logit_scale that is not a positive number, or not 1 for regression (whose teacher predicts the
     label, not a logit)."""
-    number = isinstance(teacher_logit_scale, numbers.Real) and not isinstance(teacher_logit_scale, bool)
-    if not (number and math.isfinite(teacher_logit_scale) and teacher_logit_scale > 0):
+    if not (is_number(teacher_logit_scale) and teacher_logit_scale > 0):
         raise ValueError(f"teacher_logit_scale must be a positive, finite number, got {teacher_logit_scale!r}.")
     if teacher_logit_scale != 1.0 and problem_type == "regression":
         raise ValueError(

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import datasets
 import numpy as np
 
-from st_dse.data.pairs import check_pairs
+from st_dse.data import check_pairs
+from st_dse.losses.dse_loss import is_number
 
 
 def pack_dse_labels(
@@ -27,10 +28,8 @@ def pack_dse_labels(
         ValueError: a missing column, no rows, a bad sentence, teacher logits that are missing, not finite or of
             another length than the first row's, or a gold label that is not a finite number, naming the row.
     """
-    missing = [column for column in [*text_columns, teacher_column] if column not in dataset.column_names]
-    if gold_column is not None and gold_column not in dataset.column_names:
-        missing.append(gold_column)
-    if missing:
+    kept = [*text_columns, teacher_column, *([gold_column] if gold_column is not None else [])]
+    if missing := [column for column in kept if column not in dataset.column_names]:
         raise ValueError(
             f"The dataset lacks the column(s) {missing}; it has {dataset.column_names}. "
             f"Add teacher logits with st_dse.label_with_teacher(...), or name the columns with gold_column=/"
@@ -45,17 +44,14 @@ def pack_dse_labels(
 
     def pack(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         check_pairs(batch[text_columns[0]], batch[text_columns[1]], first_row=indices[0])
-        size = len(batch[teacher_column])
-        golds = batch[gold_column] if gold_column is not None else [None] * size
+        golds = batch[gold_column] if gold_column is not None else [None] * len(indices)
         packed = []
         for row, gold, logits in zip(indices, golds, batch[teacher_column]):
             packed.append([_gold_value(row, gold, gold_column), *_teacher_values(row, logits, teacher_column, widths)])
         return {"label": packed}
 
-    kept = [*text_columns, teacher_column, *([gold_column] if gold_column is not None else [])]
-    consumed = [column for column in kept if column not in text_columns]
     packed = dataset.select_columns(kept).map(
-        pack, batched=True, with_indices=True, remove_columns=consumed, desc="Packing DSE labels"
+        pack, batched=True, with_indices=True, remove_columns=kept[len(text_columns) :], desc="Packing DSE labels"
     )
     return packed.select_columns([*text_columns, "label"])
 
@@ -96,7 +92,7 @@ def _teacher_values(row: int, logits: object, teacher_column: str, widths: set[i
     if not isinstance(logits, (list, tuple)) or not logits:
         problem = f"are {logits!r}, expected a non-empty list of numbers. Label every pair with"
     else:
-        bad = [x for x in logits if not isinstance(x, numbers.Real) or isinstance(x, bool) or not math.isfinite(x)]
+        bad = [x for x in logits if not is_number(x)]
         if bad:
             problem = f"{logits!r} hold {bad[0]!r}, expected finite numbers. Label the pair again with"
     if problem:

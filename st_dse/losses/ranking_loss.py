@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import torch
@@ -11,7 +10,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import DistillKLDivLoss
 from torch import Tensor
 
-from st_dse.data.tasks import TaskSpec
+from st_dse.data import TaskSpec
+from st_dse.losses.dse_loss import is_number
 from st_dse.student import get_pair_head
 
 
@@ -80,8 +80,7 @@ class ListwiseDistillLoss(DistillKLDivLoss):
                 )
                 trainer.train()
         """
-        number = isinstance(ranking_weight, numbers.Real) and not isinstance(ranking_weight, bool)
-        if not (number and math.isfinite(ranking_weight) and ranking_weight >= 0):
+        if not (is_number(ranking_weight) and ranking_weight >= 0):
             raise ValueError(f"ranking_weight must be a finite number >= 0, got {ranking_weight!r}.")
         super().__init__(model, similarity_fct=self.pair_scores, temperature=temperature)
         num_labels = get_pair_head(model).num_labels

@@ -31,37 +31,19 @@ from sentence_transformers import CrossEncoder
 from transformers import AutoConfig
 
 from st_dse.data import augment_pairs, candidate_lists, get_task, list_labels, list_pairs, with_augmented
-from st_dse.data.pairs import HubUnreachableError
 from st_dse.data.sources import DataConfig, load_pairs
 from st_dse.hub import is_hub_id, resolve_model_name
 from st_dse.inference import score_pairs
 from st_dse.integrity import recover_interrupted_save
 from st_dse.losses import check_teacher_logit_scale
+from st_dse.recipes import refused, start_logging
 from st_dse.student import load_model
 from st_dse.teacher import raw_logits
 from st_dse.training import distill_student, evaluate_student, finetune_teacher, save_student
+from st_dse.training import run_record as records
 from st_dse.training.config import DistillConfig, RunConfig, TeacherConfig, config_fields, parse_config
-from st_dse.training.evaluator import agreement_report, format_report, relative_degradation
-from st_dse.training.run_record import (
-    RUN_FILE,
-    changed_settings,
-    check_output_folders,
-    check_runs,
-    data_inputs,
-    fingerprint_path,
-    read_run_record,
-    remove_checkpoints,
-    run_record,
-    start_runs,
-)
-from st_dse.training.train import (
-    barrier,
-    check_output_dir,
-    is_main_process,
-    label_across_ranks,
-    quiet_libraries,
-    sibling_dir,
-)
+from st_dse.training.evaluator import EVAL_BATCH_SIZE, agreement_report, format_report, relative_degradation
+from st_dse.training.train import barrier, check_output_dir, is_main_process, label_across_ranks, sibling_dir
 
 logger = logging.getLogger("distill")
 
@@ -70,17 +52,25 @@ def parse_args(argv: list[str] | None = None, task: str | None = None):
     data, config, run = parse_config(
         (DataConfig, DistillConfig, RunConfig), argv, description=__doc__, defaults={"task": task} if task else None
     )
-    if data.task is not None:
-        try:
+    if data.task is not None:  # your own pairs' task is known once they are loaded (step 1 of main)
+        with refused():
             check_teacher_logit_scale(config.teacher_logit_scale, get_task(data.task).problem_type)
-        except ValueError as error:
-            raise SystemExit(f"error: {error}") from None
     return data, config, run
 
 
-def check_models(config: DistillConfig) -> None:
-    """Before any work: the models load (see resolve_model_name), --teacher is a cross-encoder, and the student's
-    encoder has the layers and positions --pooling-layers and --max-seq-length ask for."""
+def check_before_work(data: DataConfig, config: DistillConfig, run: RunConfig) -> None:
+    """Before any work: the output folders may be written (none is an input, the working directory or a folder
+    holding what st_dse did not write), the models load (see resolve_model_name), --teacher is a cross-encoder, and
+    the student's encoder has the layers and positions --pooling-layers and --max-seq-length ask for."""
+    checkpoints, teacher_dir = sibling_dir(run.output_dir, "checkpoints"), sibling_dir(run.output_dir, "teacher")
+    outputs = [run.output_dir, checkpoints]
+    if not config.teacher:  # a teacher fine-tuned here goes to OUTPUT_DIR-teacher, its checkpoints beside it
+        outputs += [teacher_dir, sibling_dir(teacher_dir, "checkpoints")]
+    sources = [data.train_file, data.dev_file, data.data_dir, config.teacher, config.teacher_base, config.student]
+    records.check_output_folders(outputs, sources)
+    check_output_dir(run.output_dir, run.overwrite, run.resume)
+    if not config.teacher:  # refuse a foreign OUTPUT_DIR-teacher now, whatever the flags
+        check_output_dir(teacher_dir, True, True, kind="teacher")
     for name in (config.student, config.teacher or config.teacher_base):
         if not os.path.exists(name) and not is_hub_id(name):
             raise FileNotFoundError(f"No model folder at {name!r}, and it is not a Hub id: pass an existing folder.")
@@ -113,16 +103,17 @@ def plan_teacher(config: DistillConfig, run: RunConfig, task, train, dev) -> tup
             "error: the pairs have no gold labels to fine-tune a teacher on: pass --teacher (a CrossEncoder)."
         )
     teacher_config = TeacherConfig(base_model=config.teacher_base, epochs=config.teacher_epochs, seed=config.seed)
-    inputs = {**data_inputs(task, labelled, dev), "base model files": fingerprint_path(config.teacher_base)}
-    record = run_record("teacher", [teacher_config], inputs)
+    inputs = records.data_inputs(task, labelled, dev, base_model=config.teacher_base)
+    record = records.run_record("teacher", [teacher_config], inputs)
     teacher_dir = sibling_dir(run.output_dir, "teacher")
     if is_main_process():  # a teacher save killed between its two renames left the teacher beside its folder
         recover_interrupted_save(teacher_dir)
     barrier()
     if not (teacher_dir / "config.json").is_file() or run.overwrite:
         return teacher_config, labelled, record
-    old = read_run_record(sibling_dir(teacher_dir, "checkpoints"))
-    if changes := changed_settings(old, record) if old else [f"no {RUN_FILE} records how it was trained"]:
+    old = records.read_run_record(sibling_dir(teacher_dir, "checkpoints"))
+    changes = records.changed_settings(old, record) if old else [f"no {records.RUN_FILE} records how it was trained"]
+    if changes:
         raise SystemExit(
             f"error: {teacher_dir} holds a teacher of another run ({'; '.join(changes)}): pass --teacher "
             f"{teacher_dir} to distil from it as it is, --overwrite to fine-tune a new one, or another --output-dir."
@@ -177,7 +168,7 @@ def label_candidate_lists(teacher, config: DistillConfig, train, timings: dict):
     return lists.add_column("label", list_labels(pairs["teacher_logits"], len(lists)))
 
 
-def dev_report(student, teacher, task, dev, config: DistillConfig, metrics: dict) -> dict | None:
+def dev_report(student, teacher, task, dev, metrics: dict) -> dict | None:
     """Student against teacher on the dev pairs (and both against gold where the dev pairs have labels)."""
     if dev is None:
         return None
@@ -186,9 +177,9 @@ def dev_report(student, teacher, task, dev, config: DistillConfig, metrics: dict
         if gold is not None:
             metrics["student"] = evaluate_student(student, task, dev)
         return None
-    # Batches of 64, as evaluate_student and evaluate_cross_encoder score, so the metrics equal theirs exactly.
-    student_logits = score_pairs(student, dev["sentence1"], dev["sentence2"], batch_size=64)
-    teacher_logits = raw_logits(teacher, list(zip(dev["sentence1"], dev["sentence2"])), batch_size=64)
+    # In evaluate_student's and evaluate_cross_encoder's batches, so that the metrics equal theirs exactly.
+    student_logits = score_pairs(student, dev["sentence1"], dev["sentence2"], batch_size=EVAL_BATCH_SIZE)
+    teacher_logits = raw_logits(teacher, list(zip(dev["sentence1"], dev["sentence2"])), batch_size=EVAL_BATCH_SIZE)
     report = agreement_report(student_logits, teacher_logits, task, gold=gold)
     if report.get("student_metrics"):
         metrics["student"], metrics["teacher"] = report["student_metrics"], report["teacher_metrics"]
@@ -197,34 +188,21 @@ def dev_report(student, teacher, task, dev, config: DistillConfig, metrics: dict
 
 
 def main(argv: list[str] | None = None, task: str | None = None) -> dict:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    quiet_libraries()
+    start_logging()
     data, config, run = parse_args(argv, task)
+    with refused():
+        check_before_work(data, config, run)
     checkpoints, teacher_dir = sibling_dir(run.output_dir, "checkpoints"), sibling_dir(run.output_dir, "teacher")
-    outputs = [run.output_dir, checkpoints]
-    if not config.teacher:  # a teacher fine-tuned here goes to OUTPUT_DIR-teacher, its checkpoints beside it
-        outputs += [teacher_dir, sibling_dir(teacher_dir, "checkpoints")]
-    try:
-        sources = [data.train_file, data.dev_file, data.data_dir, config.teacher, config.teacher_base, config.student]
-        check_output_folders(outputs, sources)
-        check_output_dir(run.output_dir, run.overwrite, run.resume)
-        if not config.teacher:  # refuse a foreign OUTPUT_DIR-teacher now, whatever the flags
-            check_output_dir(teacher_dir, True, True, kind="teacher")
-        check_models(config)
-    except (FileExistsError, FileNotFoundError, HubUnreachableError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
     timings: dict[str, float] = {}
-    metrics: dict[str, dict] = {}
 
     # 1. The pairs and the task they form (with your own pairs: the task's shape comes from the teacher).
     teacher, teacher_name = None, None
     if config.teacher and data.own_pairs:
         teacher, teacher_name = CrossEncoder(resolve_model_name(config.teacher)), config.teacher
-    try:
+    with refused():
         task, train, dev = load_pairs(data, teacher)
-        check_teacher_logit_scale(config.teacher_logit_scale, task.problem_type)
-    except (HubUnreachableError, FileNotFoundError, ValueError) as error:  # one line, not a traceback
-        raise SystemExit(f"error: {error}") from None
+        if data.own_pairs:  # a registered task's was checked when parsed
+            check_teacher_logit_scale(config.teacher_logit_scale, task.problem_type)
     labelled = "label" in train.column_names and any(label is not None for label in train["label"])
     logger.info("%s: %d train pairs, %s dev pairs", task.name, len(train), len(dev) if dev is not None else "no")
     if not labelled:
@@ -236,17 +214,15 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
 
     # 2. Record the runs this command starts (the student's, a teacher's fine-tuned here), refusing, before any
     # work, a --resume of another run and an --overwrite of anything an st_dse run did not write.
-    inputs = {**data_inputs(task, train, dev), "student files": fingerprint_path(config.student)}
-    inputs["teacher files"] = fingerprint_path(config.teacher or config.teacher_base)
-    runs = [(checkpoints, run_record("student", (data, config, run), inputs))]
+    models = {"student": config.student, "teacher": config.teacher or config.teacher_base}
+    inputs = records.data_inputs(task, train, dev, **models)
+    runs = [(checkpoints, records.run_record("student", (data, config, run), inputs))]
     plan = None if config.teacher or config.distillation_weight == 0 else plan_teacher(config, run, task, train, dev)
     if plan is not None:
         runs.append((sibling_dir(teacher_dir, "checkpoints"), plan[2]))
-    try:
-        check_runs(runs, run.overwrite, run.resume)
-    except (FileExistsError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
-    start_runs(runs, run.resume)
+    with refused():
+        records.check_runs(runs, run.overwrite, run.resume)
+    records.start_runs(runs, run.resume)
 
     # 3. Teacher: given, found beside the output folder, or fine-tuned now; then label the training pairs (and the
     #    candidate lists of the ranking term).
@@ -273,7 +249,14 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
     barrier()
     if not is_main_process():
         return {}
-    report = dev_report(student, teacher, task, dev, config, metrics)
+    return save_run(student, teacher, teacher_name, task, dev, (data, config, run), timings)
+
+
+def save_run(student, teacher, teacher_name, task, dev, configs: tuple, timings: dict) -> dict:
+    """Step 5 of :func:`main`: the dev report, the student saved (and pushed) with its summary, no checkpoints left."""
+    data, config, run = configs
+    metrics: dict[str, dict] = {}
+    report = dev_report(student, teacher, task, dev, metrics)
     if "teacher" in metrics and "student" in metrics:
         degradation = relative_degradation(metrics["teacher"], metrics["student"], task.main_metric)
         logger.info("Relative degradation of %s against the teacher: %.2f%%", task.main_metric, degradation)
@@ -290,9 +273,10 @@ def main(argv: list[str] | None = None, task: str | None = None) -> dict:
         # The saved folder as it is (card, head, dse.json); nothing from beside it (teacher, checkpoints).
         student.push_to_hub(run.push_to_hub, local_model_path=run.output_dir, exist_ok=True)
     print(json.dumps({"task": task.name, "metrics": metrics, "timings_s": timings}, indent=2))
+    checkpoints = sibling_dir(run.output_dir, "checkpoints")
     if not run.keep_checkpoints:  # the run is saved: its checkpoints (and a teacher's fine-tuned here) are not needed
-        for folder in (checkpoints, sibling_dir(teacher_dir, "checkpoints")):
-            remove_checkpoints(folder)
+        for folder in (checkpoints, sibling_dir(sibling_dir(run.output_dir, "teacher"), "checkpoints")):
+            records.remove_checkpoints(folder)
     kept = f" (checkpoints in {checkpoints})" if run.keep_checkpoints else ""
     print(f"Saved the student to {Path(run.output_dir)}{kept}.")
     return results

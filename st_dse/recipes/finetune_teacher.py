@@ -15,31 +15,22 @@ from __future__ import annotations
 import logging
 import time
 
-from st_dse.data.pairs import HubUnreachableError
 from st_dse.data.sources import DataConfig, load_pairs
 from st_dse.hub import resolve_model_name
+from st_dse.recipes import refused, start_logging
 from st_dse.training import finetune_teacher
+from st_dse.training import run_record as records
 from st_dse.training.config import RunConfig, TeacherConfig, parse_config
-from st_dse.training.run_record import (
-    check_output_folders,
-    check_runs,
-    data_inputs,
-    fingerprint_path,
-    remove_checkpoints,
-    run_record,
-    start_runs,
-)
-from st_dse.training.train import barrier, check_output_dir, is_main_process, quiet_libraries, sibling_dir
+from st_dse.training.train import barrier, check_output_dir, is_main_process, sibling_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    quiet_libraries()
+    start_logging()
     data, config, run = parse_config((DataConfig, TeacherConfig, RunConfig), argv, description=__doc__)
     checkpoints = sibling_dir(run.output_dir, "checkpoints")
-    try:
+    with refused():
         sources = [data.train_file, data.dev_file, data.data_dir, config.base_model]
-        check_output_folders([run.output_dir, checkpoints], sources)
+        records.check_output_folders([run.output_dir, checkpoints], sources)
         check_output_dir(run.output_dir, run.overwrite, run.resume, kind="teacher")
         resolve_model_name(config.base_model)  # loadable now, not after the data
         # 1. Load the train and dev pairs; the task's shape comes from the registry or from the gold labels.
@@ -48,12 +39,10 @@ def main(argv: list[str] | None = None) -> None:
         if dev is not None and "label" not in dev.column_names:
             dev = None
         # Recorded before any work: --resume continues only this run, --overwrite deletes only an st_dse run's files.
-        inputs = {**data_inputs(task, train, dev), "base model files": fingerprint_path(config.base_model)}
-        runs = [(checkpoints, run_record("teacher", (data, config, run), inputs))]
-        check_runs(runs, run.overwrite, run.resume)
-    except (FileExistsError, FileNotFoundError, HubUnreachableError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
-    start_runs(runs, run.resume)
+        inputs = records.data_inputs(task, train, dev, base_model=config.base_model)
+        runs = [(checkpoints, records.run_record("teacher", (data, config, run), inputs))]
+        records.check_runs(runs, run.overwrite, run.resume)
+    records.start_runs(runs, run.resume)
     logging.info("%s: %d labelled train pairs, %s dev pairs", task.name, len(train), len(dev) if dev else "no")
 
     # 2. Fine-tune, evaluate on dev, save.
@@ -62,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.info("Teacher trained in %.0f s and saved to %s", time.perf_counter() - start, run.output_dir)
     barrier()
     if is_main_process() and not run.keep_checkpoints:
-        remove_checkpoints(checkpoints)
+        records.remove_checkpoints(checkpoints)
 
 
 if __name__ == "__main__":

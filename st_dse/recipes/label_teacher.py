@@ -27,9 +27,9 @@ from collections import Counter
 from sentence_transformers import CrossEncoder
 
 from st_dse.data import get_task, load_task
-from st_dse.data.pairs import HubUnreachableError
 from st_dse.data.sources import DataConfig, load_pairs
 from st_dse.hub import resolve_model_name
+from st_dse.recipes import refused, start_logging
 from st_dse.teacher import (
     TeacherLogitCache,
     default_cache_dir,
@@ -39,7 +39,6 @@ from st_dse.teacher import (
     teacher_fingerprint,
 )
 from st_dse.training.config import LabelConfig, parse_config
-from st_dse.training.train import quiet_libraries
 
 logger = logging.getLogger("label_teacher")
 
@@ -51,67 +50,47 @@ def load_split(data: DataConfig, config: LabelConfig, teacher: CrossEncoder):
     return load_task(get_task(data.task), config.split, data.data_dir, max_samples=data.max_train_samples)
 
 
-def _count_scored_pairs(teacher: CrossEncoder) -> list[int]:
-    """Count the pairs the teacher actually scores (the rest came from the cache) in the returned one-item list."""
-    scored = [0]
-    predict = teacher.predict
+def merge_shards(teacher: CrossEncoder, dataset, args: LabelConfig, cache_dir) -> dict:
+    """--merge: check that every pair is cached (naming the unfinished shards), then fold the cache files into one."""
+    cache = TeacherLogitCache(cache_dir, teacher_fingerprint(teacher))
+    keys = [pair_key(a, b) for a, b in zip(dataset["sentence1"], dataset["sentence2"])]
+    missing = [key for key in dict.fromkeys(keys) if key not in cache]
+    if missing:
+        where = ""
+        if args.num_shards:
+            per_shard = Counter(shard_of(key, args.num_shards) for key in missing)
+            where = " Unfinished shards (pairs missing): " + ", ".join(
+                f"{shard} ({count})" for shard, count in sorted(per_shard.items())
+            )
+        raise SystemExit(
+            f"{len(missing)} of {len(set(keys))} distinct pairs have no cached logits in {cache.directory}."
+            f"{where}. Rerun those shards (a rerun labels only what is missing), then --merge again."
+        )
+    cache.merge()
+    return {"cached": len(keys), "labelled": 0, "cache_files": [str(path) for path in cache.files]}
 
-    def counting_predict(pairs, *args, **kwargs):
-        scored[0] += len(pairs)
-        return predict(pairs, *args, **kwargs)
 
-    teacher.predict = counting_predict
-    return scored
+def label_shard(teacher: CrossEncoder, dataset, args: LabelConfig, cache_dir) -> dict:
+    """Label the pairs of one shard (all pairs without shard options) that the cache lacks."""
+    start, scored, predict = time.perf_counter(), [], teacher.predict
+    # Count the pairs the teacher actually scores (the rest come from the cache).
+    teacher.predict = lambda pairs, *rest, **options: scored.append(len(pairs)) or predict(pairs, *rest, **options)
+    shard = {"shard_index": args.shard_index, "num_shards": args.num_shards}
+    labelled = label_with_teacher(teacher, dataset, batch_size=args.batch_size, cache_dir=cache_dir, **shard)
+    seconds = round(time.perf_counter() - start, 1)
+    return {**shard, "rows_in_shard": len(labelled), "labelled": sum(scored), "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
+    start_logging()
     data, args = parse_config((DataConfig, LabelConfig), argv, description=__doc__)
-    try:
+    with refused():
         teacher = CrossEncoder(resolve_model_name(args.teacher))
         dataset = load_split(data, args, teacher)
-    except (HubUnreachableError, FileNotFoundError, ValueError) as error:  # one line, not a traceback
-        raise SystemExit(f"error: {error}") from None
     cache_dir = args.cache_dir or default_cache_dir()
     source = data.task or data.train_file or data.dataset
     summary = {"task": source, "split": args.split, "pairs": len(dataset), "teacher": args.teacher}
-
-    if args.merge:
-        cache = TeacherLogitCache(cache_dir, teacher_fingerprint(teacher))
-        keys = [pair_key(a, b) for a, b in zip(dataset["sentence1"], dataset["sentence2"])]
-        missing = [key for key in dict.fromkeys(keys) if key not in cache]
-        if missing:
-            where = ""
-            if args.num_shards:
-                per_shard = Counter(shard_of(key, args.num_shards) for key in missing)
-                where = " Unfinished shards (pairs missing): " + ", ".join(
-                    f"{shard} ({count})" for shard, count in sorted(per_shard.items())
-                )
-            raise SystemExit(
-                f"{len(missing)} of {len(set(keys))} distinct pairs have no cached logits in {cache.directory}."
-                f"{where}. Rerun those shards (a rerun labels only what is missing), then --merge again."
-            )
-        cache.merge()
-        summary.update(cached=len(keys), labelled=0, cache_files=[str(path) for path in cache.files])
-    else:
-        start = time.perf_counter()
-        scored = _count_scored_pairs(teacher)
-        labelled = label_with_teacher(
-            teacher,
-            dataset,
-            batch_size=args.batch_size,
-            cache_dir=cache_dir,
-            shard_index=args.shard_index,
-            num_shards=args.num_shards,
-        )
-        summary.update(
-            shard_index=args.shard_index,
-            num_shards=args.num_shards,
-            rows_in_shard=len(labelled),
-            labelled=scored[0],
-            seconds=round(time.perf_counter() - start, 1),
-        )
+    summary |= (merge_shards if args.merge else label_shard)(teacher, dataset, args, cache_dir)
     print(json.dumps(summary, indent=2))
     return summary
 

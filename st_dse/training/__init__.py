@@ -22,20 +22,6 @@ from st_dse.training.train import (
     last_complete_checkpoint,
 )
 
-__all__ = [
-    "PairTaskEvaluator",
-    "agreement_report",
-    "barrier",
-    "check_output_dir",
-    "distill_student",
-    "evaluate_cross_encoder",
-    "evaluate_student",
-    "finetune_teacher",
-    "format_report",
-    "is_main_process",
-    "label_across_ranks",
-    "last_complete_checkpoint",
-    "relative_degradation",
-    "save_student",
-    "task_metrics",
-]
+__all__ = ["PairTaskEvaluator", "agreement_report", "barrier", "check_output_dir", "distill_student"]
+__all__ += ["evaluate_cross_encoder", "evaluate_student", "finetune_teacher", "format_report", "is_main_process"]
+__all__ += ["label_across_ranks", "last_complete_checkpoint", "relative_degradation", "save_student", "task_metrics"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import numbers
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -18,6 +17,7 @@ from transformers import HfArgumentParser
 from st_dse.checks import int_at_least, one_of
 from st_dse.data.augment import STRATEGIES
 from st_dse.hub import DEFAULT_MODEL
+from st_dse.losses.dse_loss import is_number
 
 DEFAULT_AUGMENT = 2.0  # new pairs per train pair when a trained teacher is given
 CACHE_HELP = "teacher-logit cache (default: $ST_DSE_CACHE or ~/.cache/st_dse)"
@@ -31,25 +31,24 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_number(name: str, value: Any, low: float = 0.0, high: float = math.inf, above_low: bool = True) -> None:
-    """Raise a ValueError naming option ``--name`` unless ``value`` is None or a finite number in its range:
-    ``> low`` (``>= low`` when not ``above_low``), and ``<= high``."""
-    number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    inside = number and (low < value if above_low else low <= value) and value <= high
-    if value is not None and not inside:
-        wanted = f"in [{low:g}, {high:g}]" if high < math.inf else f"a number {'>' if above_low else '>='} {low:g}"
-        raise ValueError(f"{_flag(name)} must be {wanted}, got {value!r}.")
+POSITIVE, NON_NEGATIVE, SHARE = (0.0, math.inf, True), (0.0, math.inf, False), (0.0, 1.0, False)
 
 
-def _check_ints(config: object, names: Sequence[str]) -> None:
-    for name in names:
+def check_fields(config: object, ints: Sequence[str] = (), numbers: dict[str, tuple] | None = None) -> None:
+    """Refuse impossible values of ``config``'s fields with a ValueError naming the option (None passes): ``ints`` must
+    be positive integers, ``numbers`` finite numbers in their ``(low, high, above_low)`` range: ``> low`` (``>= low``
+    when not ``above_low``) and ``<= high``; a ``seed`` must be one numpy and torch accept."""
+    for name in ints:
         if getattr(config, name) is not None:
             int_at_least(_flag(name), getattr(config, name))
-
-
-def _check_seed(seed: int) -> None:
-    if not 0 <= seed < 2**32:  # what numpy's and torch's seeding accept
-        raise ValueError(f"--seed must be between 0 and 2**32 - 1, got {seed}.")
+    for name, (low, high, above_low) in (numbers or {}).items():
+        value = getattr(config, name)
+        inside = is_number(value) and (low < value if above_low else low <= value) and value <= high
+        if value is not None and not inside:
+            wanted = f"in [{low:g}, {high:g}]" if high < math.inf else f"a number {'>' if above_low else '>='} {low:g}"
+            raise ValueError(f"{_flag(name)} must be {wanted}, got {value!r}.")
+    if not 0 <= getattr(config, "seed", 0) < 2**32:
+        raise ValueError(f"--seed must be between 0 and 2**32 - 1, got {config.seed}.")
 
 
 @dataclass
@@ -67,11 +66,8 @@ class TeacherConfig:
     bf16: bool = _option(False, "bfloat16 mixed precision (GPUs that support it)")
 
     def __post_init__(self) -> None:
-        _check_ints(self, ("epochs", "batch_size", "max_length"))
-        _check_seed(self.seed)
-        check_number("lr", self.lr)
-        check_number("classifier_lr", self.classifier_lr)
-        check_number("warmup_ratio", self.warmup_ratio, 0.0, 1.0, above_low=False)
+        numbers = {"lr": POSITIVE, "classifier_lr": POSITIVE, "warmup_ratio": SHARE}
+        check_fields(self, ("epochs", "batch_size", "max_length"), numbers)
 
 
 @dataclass
@@ -118,20 +114,15 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         ints = ("teacher_epochs", "epochs", "batch_size", "label_batch_size", "hidden_dim", "max_seq_length")
-        _check_ints(self, (*ints, "pooling_layers", "ranking_queries"))
-        _check_seed(self.seed)
+        numbers = dict.fromkeys(("lr", "head_lr", "teacher_logit_scale", "temperature"), POSITIVE)
+        numbers |= {"ranking_weight": NON_NEGATIVE, "distillation_weight": SHARE, "warmup_ratio": SHARE}
+        check_fields(self, (*ints, "pooling_layers", "ranking_queries"), numbers | {"augment": NON_NEGATIVE})
         int_at_least("--list-size", self.list_size, 2)  # a softmax over one candidate has nothing to rank
-        for name in ("lr", "head_lr", "teacher_logit_scale", "temperature"):
-            check_number(name, getattr(self, name))
-        check_number("ranking_weight", self.ranking_weight, above_low=False)
         if self.ranking_weight > 0 and self.distillation_weight == 0:
             raise ValueError(
                 "--ranking-weight distils the teacher's ranking; a gold-only run (--distillation-weight 0) has no "
                 "teacher. Drop --ranking-weight, or give the run a teacher (--distillation-weight > 0)."
             )
-        check_number("distillation_weight", self.distillation_weight, 0.0, 1.0, above_low=False)
-        check_number("warmup_ratio", self.warmup_ratio, 0.0, 1.0, above_low=False)
-        check_number("augment", self.augment, above_low=False)
         for strategy in self.augment_strategies:
             one_of("--augment-strategies", strategy, STRATEGIES)
         if self.augment is None:
@@ -171,7 +162,7 @@ class LabelConfig:
     merge: bool = _option(False, "label nothing: check that every pair is cached, and merge the cache files")
 
     def __post_init__(self) -> None:
-        _check_ints(self, ("batch_size", "num_shards"))
+        check_fields(self, ("batch_size", "num_shards"))
         problem = None
         if (self.shard_index is None) != (self.num_shards is None) and not self.merge:
             problem = "--shard-index and --num-shards go together."

@@ -13,11 +13,12 @@ import numpy as np
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
-from st_dse.data.tasks import TaskSpec, compute_metrics, logits_to_predictions
+from st_dse.data import TaskSpec, compute_metrics, logits_to_predictions
 from st_dse.inference.scoring import score_pairs
 from st_dse.teacher import raw_logits
 
 logger = logging.getLogger(__name__)
+EVAL_BATCH_SIZE = 64  # one batch size for every dev evaluation, so that the recipe's metrics equal the evaluator's
 
 
 def task_metrics(task: TaskSpec, logits: np.ndarray, labels) -> dict[str, float]:
@@ -30,13 +31,17 @@ def relative_degradation(teacher_metrics: dict[str, float], student_metrics: dic
     return 100 * (teacher_metrics[metric] - student_metrics[metric]) / teacher_metrics[metric]
 
 
-def evaluate_student(model: SentenceTransformer, task: TaskSpec, dataset: datasets.Dataset, batch_size: int = 64):
+def evaluate_student(
+    model: SentenceTransformer, task: TaskSpec, dataset: datasets.Dataset, batch_size=EVAL_BATCH_SIZE
+):
     """Task metrics of a student's PairHead on ``dataset`` (columns sentence1, sentence2, label)."""
     logits = score_pairs(model, dataset["sentence1"], dataset["sentence2"], batch_size=batch_size)
     return task_metrics(task, logits, dataset["label"])
 
 
-def evaluate_cross_encoder(cross_encoder: CrossEncoder, task: TaskSpec, dataset: datasets.Dataset, batch_size=64):
+def evaluate_cross_encoder(
+    cross_encoder: CrossEncoder, task: TaskSpec, dataset: datasets.Dataset, batch_size=EVAL_BATCH_SIZE
+):
     """Task metrics of a cross-encoder teacher on ``dataset``, from its raw logits."""
     pairs = list(zip(dataset["sentence1"], dataset["sentence2"]))
     return task_metrics(task, raw_logits(cross_encoder, pairs, batch_size=batch_size), dataset["label"])
@@ -45,13 +50,10 @@ def evaluate_cross_encoder(cross_encoder: CrossEncoder, task: TaskSpec, dataset:
 class PairTaskEvaluator(BaseEvaluator):
     """Evaluates a student's PairHead on a task's dev set in training; its main metric picks the best checkpoint."""
 
-    def __init__(self, task: TaskSpec, dataset: datasets.Dataset, name: str = "dev", batch_size: int = 64):
+    def __init__(self, task: TaskSpec, dataset: datasets.Dataset, name: str = "dev", batch_size=EVAL_BATCH_SIZE):
         super().__init__()
-        self.task = task
-        self.dataset = dataset
-        self.name = name
-        self.batch_size = batch_size
-        self.primary_metric = self.task.main_metric
+        self.task, self.dataset, self.name, self.batch_size = task, dataset, name, batch_size
+        self.primary_metric = task.main_metric
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         metrics = evaluate_student(model, self.task, self.dataset, batch_size=self.batch_size)

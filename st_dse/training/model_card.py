@@ -1,4 +1,4 @@
-"""Saving a trained student with sentence-transformers' model card and an st_dse section: teacher, data, metrics."""
+"""Saving a trained student with its model card (st_dse's template: teacher, data, dev metrics, PairHead usage)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import jinja2
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer, SentenceTransformerModelCardData
@@ -34,103 +33,28 @@ USAGE_PAIRS = (
     ["A man is playing a guitar.", "A dog runs through the park."],
     ["Someone plays a guitar.", "A cat sleeps on the sofa."],
 )
-DSE_SECTION = jinja2.Template(
-    """
-## Distilled Sentence Embedding (st_dse)
-
-This model is a DSE student: a siamese sentence encoder with a `{{ head.head_type }}` PairHead (saved in `pair_head/`),
-trained with DSELoss to reproduce a cross-encoder teacher's raw logits on sentence pairs, at the cost of one encoding
-per sentence. `SentenceTransformer(path)` loads the encoder for embeddings, `st_dse.load_student(path)` adds the head.
-
-{% if base %}- **Base model:** {{ base }}
-{% endif %}- **Teacher:** {{ teacher or "none (trained on gold labels only)" }}
-- **Training data:** {{ data }}
-- **Task:** {{ task.problem_type }}, {{ task.num_labels }} head output{{ "s" if task.num_labels > 1 }}, main metric \
-{{ task.main_metric }}
-{% if card.license %}- **License:** {{ card.license }}
-{% endif %}{% if card.language %}- **Language:** {{ card.language | join(", ") }}
-{% endif %}
-### Dev metrics
-
-{% if metrics %}On the dev split ({{ dev_data }}), on a 0-100 scale:
-
-| model | {{ names | join(" | ") }} |
-|:--|{{ "--:|" * names | length }}
-{% for system, values in metrics.items() %}| {{ "student (this model)" if system == "student" else system }} |\
-{% for name in names %} {{ "%.2f" % values[name] if values[name] is number else "-" }} |{% endfor %}
-{% endfor %}{% else %}No dev metrics were recorded for this model.
-{% endif %}{% if card.packed_labels %}
-In training, each pair's `label` packed its gold label with the teacher's logits (`[gold, *teacher_logits]`), as \
-DSELoss takes them; the sample tables above show the sentence pairs.
-{% endif %}
-### Usage with st_dse
-
-```bash
-pip install -U st_dse sentence-transformers
-```
-
-```python
-import st_dse
-from sentence_transformers import SentenceTransformer
-
-sentences1 = {{ pairs[0] }}
-sentences2 = {{ pairs[1] }}
-
-# Sentence embeddings: the folder is a standard sentence-transformers model
-encoder = SentenceTransformer("{{ model }}")
-embeddings = encoder.encode(sentences1 + sentences2)
-print(encoder.similarity(embeddings[:2], embeddings[2:]))
-
-# Pair scores from the distilled PairHead
-student = st_dse.load_student("{{ model }}")
-scores = st_dse.score_pairs(student, sentences1, sentences2)
-print(scores)
-{% for line in scores %}# {{ line }}
-{% endfor %}```
-
-{% if model == placeholder %}Replace `{{ placeholder }}` with this model's folder. {% endif %}\
-`score_pairs` gives {% if head.problem_type == "regression" %}one score per pair, on the scale of the task's gold \
-scores (what the teacher predicts){% else %}{% if head.problem_type == "binary" %}one logit per pair, class 1\
-{% if label_names | length == 2 %} (`{{ label_names[1] }}`){% endif %} when it is above 0{% else %}\
-{{ head.num_labels }} logits per pair{% if label_names %}, in the order `{{ label_names | join("`, `") }}`{% endif %}\
-{% endif %}; pass `output="probabilities"` or `output="labels"` for those instead{% endif %}.
-{% if head.num_labels == 1 %}
-### Reranking with st_dse
-
-`DSEReranker` has CrossEncoder's `predict` and `rank`, so reranking code written for a cross-encoder runs on this \
-model (each document is encoded once, then cached):
-
-```python
-import st_dse
-
-reranker = st_dse.DSEReranker.from_pretrained("{{ model }}")
-ranking = reranker.rank("A man is playing a guitar.", ["Someone plays a guitar.", "A cat sleeps on the sofa."])
-print(ranking)
-```
-{% endif %}
-""",
-    keep_trailing_newline=True,
-)
-DSE_SECTION.globals.update(pairs=USAGE_PAIRS, placeholder=MODEL_PATH_PLACEHOLDER)
 
 
 @dataclass
 class DSEModelCardData(SentenceTransformerModelCardData):
-    """sentence-transformers' card data for a DSE student: sample tables without the packed DSE labels, dev metrics
-    filed under the pair task's Hub type and data, and a usage snippet that loads the card's ``model_id``, else
-    ``model_path``, else ``"path/to/this/model"``.
+    """sentence-transformers' card data for a DSE student, rendered with st_dse's template: sample tables without the
+    packed DSE labels, dev metrics filed under the pair task's Hub type and data, usage snippets that load
+    ``model_path``.
 
     Args:
         packed_labels: Whether the training pairs' labels packed the teacher's logits (set from the data).
-        model_path: How the snippets load a model with no ``model_id``: its folder, as the user named it.
+        model_path: What the snippets load: the Hub id, the folder as the user named it, or ``"path/to/this/model"``.
         pair_task_type: The Hub task type of the head's task (``"text-classification"``, ``"sentence-similarity"``).
         dev_dataset: The model-index ``dataset`` of the dev metrics (``name``, ``type``, ``config``, ``split``).
+        dse: What :func:`save_student` adds to the card (teacher, task, dev metrics, the head's example scores).
     """
 
     packed_labels: bool = False
-    model_path: str | None = None
+    model_path: str = MODEL_PATH_PLACEHOLDER
     pair_task_type: str | None = None
     dev_dataset: dict[str, str] = field(default_factory=dict)
+    dse: dict[str, Any] = field(default_factory=dict)
+    template_path: Path = field(default=Path(__file__).with_name("model_card_template.jinja"), init=False, repr=False)
 
     def compute_dataset_metrics(self, dataset, dataset_info, loss, router_mapping=None):
         if isinstance(dataset, datasets.Dataset) and len(dataset):
@@ -138,11 +62,6 @@ class DSEModelCardData(SentenceTransformerModelCardData):
             self.packed_labels = self.packed_labels or bool(packed)
             dataset = dataset.remove_columns(packed)
         return super().compute_dataset_metrics(dataset, dataset_info, loss, router_mapping)
-
-    def generate_usage_snippet(self) -> str:
-        # sentence-transformers writes this name where the card has no model_id; its hook to change it is private.
-        model = self.model_id or self.model_path or MODEL_PATH_PLACEHOLDER
-        return super().generate_usage_snippet().replace('"sentence_transformers_model_id"', f'"{model}"')
 
     def format_eval_metrics(self) -> dict[str, Any]:
         formatted = super().format_eval_metrics()
@@ -287,7 +206,8 @@ def save_student(
     card = student.model_card_data
     if model_id:
         card.set_model_id(model_id)
-    card.model_path = None if Path(output_dir).is_absolute() else Path(output_dir).as_posix()
+    relative = None if Path(output_dir).is_absolute() else Path(output_dir).as_posix()
+    card.model_path = card.model_id or relative or MODEL_PATH_PLACEHOLDER
     card.dev_dataset = _dev_dataset(task, settings)
     # Hub metadata: where the training data and the teacher come from (a tag, as the Hub has no teacher field).
     dataset_id, _ = training_dataset(task, settings)
@@ -297,7 +217,7 @@ def save_student(
         info.setdefault("id", dataset_id)
     teacher_id = _linkable_hub_id(teacher)
     card.add_tags(["st_dse", f"teacher:{teacher_id}"] if teacher_id else "st_dse")
-    # An entry the trainer never filled in (a student saved untrained) breaks sentence-transformers' card template.
+    # An entry the trainer never filled in (a student saved untrained) has no statistics to show.
     card.train_datasets = [info for info in card.train_datasets if "columns" in info]
     card.set_license(license)
     card.set_language(language if isinstance(language, str) else list(language))
@@ -306,29 +226,27 @@ def save_student(
     metrics = {system: values for system, values in (results.get("metrics") or {}).items() if values}
     names = [name for name in task.metrics if any(name in values for values in metrics.values())]
     names += sorted({name for values in metrics.values() for name in values} - set(names) - {"main"})
-    data = training_data_name(task, settings)
-    base, scores = card.base_model or results.get("student_base"), score_pairs(student, *USAGE_PAIRS)
-    section = DSE_SECTION.render(
-        head=head,
-        task=task,
-        card=card,
-        base=base and _model_link(base),
-        teacher=teacher and _model_link(teacher),
-        data=f"{data}, train split; {task.description}" if data == task.name else data,
-        metrics={system: {name: values.get(name) for name in names} for system, values in metrics.items()},
-        names=names,
-        dev_data=card.dev_dataset["name"],
-        model=card.model_id or card.model_path or MODEL_PATH_PLACEHOLDER,
-        scores=np.array2string(np.asarray(scores), precision=4, suppress_small=True).splitlines(),
-        label_names=head.label_names or list(task.label_names),
-    )
+    data, base = training_data_name(task, settings), card.base_model or results.get("student_base")
+    scores = np.array2string(np.asarray(score_pairs(student, *USAGE_PAIRS)), precision=4, suppress_small=True)
+    card.dse = {
+        "head": head,
+        "task": task,
+        "base": base and _model_link(base),
+        "teacher": teacher and _model_link(teacher),
+        "data": f"{data}, train split; {task.description}" if data == task.name else data,
+        "metrics": {system: {name: values.get(name) for name in names} for system, values in metrics.items()},
+        "names": names,
+        "dev_data": card.dev_dataset["name"],
+        "pairs": USAGE_PAIRS,
+        "scores": scores.splitlines(),
+        "label_names": head.label_names or list(task.label_names),
+        "placeholder": MODEL_PATH_PLACEHOLDER,
+    }
 
-    # sentence-transformers' card as it renders it, and the st_dse section after it: a copy of its template (the
-    # route of a card subclass with its own template_path) would drift from the installed version.
     def write(folder: Path) -> None:
         # The card is generated, never reused: a student loaded from a folder with a README would keep that one.
         student.save(str(folder), create_model_card=False)
         (folder / "dse.json").write_text(json.dumps({"task": task.name, "teacher": teacher, **results}, indent=2))
-        (folder / "README.md").write_text(generate_model_card(student) + "\n" + section, encoding="utf-8")
+        (folder / "README.md").write_text(generate_model_card(student), encoding="utf-8")
 
     atomic_save_dir(output_dir, write, kind="student")

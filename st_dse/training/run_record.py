@@ -24,16 +24,7 @@ RUN_FILE = "run.json"
 RUN_OUTPUTS = (RUN_FILE, "checkpoint-*", "eval")
 #: Settings a resumed run may change: where its outputs, data and caches live, and how fast the teacher labels.
 NOT_COMPARED = frozenset(
-    {
-        "output_dir",
-        "overwrite",
-        "resume",
-        "push_to_hub",
-        "cache_dir",
-        "label_batch_size",
-        "data_dir",
-        "keep_checkpoints",
-    }
+    "output_dir overwrite resume push_to_hub cache_dir label_batch_size data_dir keep_checkpoints".split()
 )
 
 
@@ -53,10 +44,12 @@ def fingerprint_path(name: str | None) -> str | None:
     return digest.hexdigest()
 
 
-def data_inputs(task: TaskSpec, train: datasets.Dataset, dev: datasets.Dataset | None) -> dict[str, Any]:
-    """The task's shape and the fingerprints of the pairs a run trains and picks its checkpoints on."""
+def data_inputs(task: TaskSpec, train: datasets.Dataset, dev: datasets.Dataset | None, **models: str) -> dict:
+    """The task's shape, the fingerprints of the pairs a run trains and picks its checkpoints on, and of the local
+    ``models`` it starts from (``base_model="folder"`` is recorded as ``"base model files"``)."""
     shape = [task.name, task.problem_type, task.num_labels, list(task.label_names)]
-    return {"task": shape, "train pairs": fingerprint_pairs(train), "dev pairs": fingerprint_pairs(dev)}
+    inputs = {"task": shape, "train pairs": fingerprint_pairs(train), "dev pairs": fingerprint_pairs(dev)}
+    return inputs | {f"{role.replace('_', ' ')} files": fingerprint_path(name) for role, name in models.items()}
 
 
 def run_record(kind: str, configs: Iterable[object], inputs: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from typing import Any
 import datasets
 import torch
 import torch.distributed as dist
-import transformers
 from sentence_transformers import (
     CrossEncoder,
     SentenceTransformer,
@@ -110,14 +109,6 @@ def _training_arguments(config: TeacherConfig | DistillConfig, checkpoint_dir: P
     settings["use_cpu"] = use_cpu
     settings["dataloader_pin_memory"] = torch.cuda.is_available()  # pinning without CUDA only warns, per process
     return {"output_dir": str(checkpoint_dir), **settings}, checkpoint
-
-
-def quiet_libraries() -> None:
-    """For the recipes: progress bars only for training and long teacher labelling (none for loading weights,
-    writing shards, dataset maps or encoding a dev split); sentence-transformers' warnings, not its INFO lines."""
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
 
 
 class NumericProgressCallback(ProgressCallback):
