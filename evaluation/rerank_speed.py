@@ -38,6 +38,7 @@ from sentence_transformers import CrossEncoder
 
 import st_dse
 from evaluation.arguments import int_at_least, task_name
+from evaluation.speed import cpu_model
 from st_dse.data import compute_metrics, get_task, load_task, logits_to_predictions, resolve_data_dir
 from st_dse.inference.export import OnnxStudent, export_onnx
 
@@ -144,12 +145,13 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     task = get_task(args.task)
     dev = load_task(task, "validation", data_dir)
-    documents = list(dict.fromkeys(dev["sentence2"]))
+    documents = list(dict.fromkeys(dev["sentence2"]))  # distinct, in dev order
     if len(documents) < args.documents:
         available = len(documents)
         raise SystemExit(f"{task.name} dev has {available} distinct documents: pass --documents {available}.")
     documents = documents[: args.documents]
-    queries = [text for text in dict.fromkeys(dev["sentence1"]) if text not in set(documents)]
+    taken = set(documents)
+    queries = [text for text in dict.fromkeys(dev["sentence1"]) if text not in taken]
     if len(queries) < args.queries:
         raise SystemExit(f"{task.name} dev has {len(queries)} distinct queries: pass --queries {len(queries)}.")
     queries = queries[: args.queries]
@@ -160,10 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = CrossEncoder(args.teacher, device="cpu")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = args.threads
-    onnx_students = {}
-    for name, quantize in (("onnx float32", False), ("onnx int8", True)):
-        export_onnx(student, output_dir / name.replace(" ", "-"), quantize=quantize)
-        onnx_students[name] = OnnxStudent(output_dir / name.replace(" ", "-"), session_options=options)
+    folders = {"onnx float32": output_dir / "onnx-float32", "onnx int8": output_dir / "onnx-int8"}
+    onnx_students = {
+        name: OnnxStudent(export_onnx(student, folder, quantize=name == "onnx int8"), session_options=options)
+        for name, folder in folders.items()
+    }
 
     with torch.inference_mode():
         timing = {"teacher CrossEncoder.rank": time_teacher(teacher, queries, documents, args.repeats)}
@@ -181,11 +184,10 @@ def main(argv: list[str] | None = None) -> dict:
         "timing": timing,
         "task_metrics": list(task.metrics),
         "accuracy": dev_accuracy(task, dev, logits_of),
-        "encoder_onnx_bytes": {
-            name: (output_dir / name.replace(" ", "-") / "encoder.onnx").stat().st_size for name in onnx_students
-        },
+        "encoder_onnx_bytes": {name: (folder / "encoder.onnx").stat().st_size for name, folder in folders.items()},
         "machine": {
             "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(),
             "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": torch.__version__,
