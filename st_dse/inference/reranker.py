@@ -181,8 +181,10 @@ class DSEReranker:
 
     def _logits(self, queries: list[str], documents: list[str], prompt_name, prompt, use_cache, **encode_kwargs):
         """Head logits ``(n, num_labels)`` of the pairs ``(queries[i], documents[i])``; each text encoded once."""
-        encode_query = partial(self.model.encode, prompt_name=prompt_name, prompt=prompt, convert_to_tensor=True)
-        query_embeddings, query_rows = encode_unique(partial(encode_query, **encode_kwargs), queries)
+        encode_query = partial(
+            self.model.encode, prompt_name=prompt_name, prompt=prompt, convert_to_tensor=True, **encode_kwargs
+        )
+        query_embeddings, query_rows = encode_unique(encode_query, queries)
         embed = partial(self._embed_documents, use_cache=use_cache, **encode_kwargs)
         document_embeddings, document_rows = encode_unique(embed, documents)
         return pair_logits(self.head, query_embeddings, query_rows, document_embeddings, document_rows)
