@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sentence_transformers import SentenceTransformer
@@ -165,6 +165,8 @@ def test_batch_without_any_gold_label_still_backpropagates():
 
 
 @FAST
+@example(problem_type="binary", weight=1.0, labels=np.array([[0.0, 2.0**64], [0.0, 0.0], [0.0, 0.0]], np.float32))
+@example(problem_type="regression", weight=0.0, labels=np.array([2.0**64, 0.0, 0.0], np.float32))
 @given(
     problem_type=st.sampled_from(sorted(PROBLEMS)),
     weight=st.floats(0, 1),

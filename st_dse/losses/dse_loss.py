@@ -145,6 +145,11 @@ class DSELoss(nn.Module):
         return DSE_CITATION
 
 
+#: The largest teacher logit or regression score DSELoss takes: it squares differences in float32, where a value near
+#: 1.8e19 squares to infinity. No model's raw output comes near it; a larger value is a labelling error.
+MAX_LABEL_MAGNITUDE = 1e6
+
+
 def is_number(value: Any) -> bool:
     """Whether ``value`` is a finite real number (numpy's included), not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

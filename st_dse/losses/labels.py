@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 
 from st_dse.data import check_pairs
-from st_dse.losses.dse_loss import is_number
+from st_dse.losses.dse_loss import MAX_LABEL_MAGNITUDE, is_number
 
 
 def pack_dse_labels(
@@ -64,15 +64,17 @@ def check_gold_labels(gold: Sequence, problem_type: str, num_labels: int) -> Non
     values = np.array([math.nan if value is None else value for value in gold], dtype=np.float64)
     classes = {"binary": 2, "multiclass": num_labels}.get(problem_type)
     if classes is None:
-        bad = np.isinf(values)
+        bad = ~np.isnan(values) & ~(np.abs(values) <= MAX_LABEL_MAGNITUDE)
     else:
         bad = ~np.isnan(values) & ~np.isin(values, np.arange(classes))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        expected = {"binary": "0 or 1", "multiclass": f"class ids in [0, {num_labels - 1}]"}
+        expected = {"binary": "0 or 1", "multiclass": f"class ids in [0, {num_labels - 1}]"}.get(
+            problem_type, f"finite numbers, not infinite, within +-{MAX_LABEL_MAGNITUDE:g}"
+        )
         raise ValueError(
-            f"Row {row}: gold label {values[row]}. {problem_type.capitalize()} gold labels must be "
-            f"{expected.get(problem_type, 'finite numbers, not infinite')} (None or NaN for a pair without one)."
+            f"Row {row}: gold label {values[row]}. {problem_type.capitalize()} gold labels must be {expected} (None "
+            "or NaN for a pair without one)."
         )
 
 
@@ -92,9 +94,10 @@ def _teacher_values(row: int, logits: object, teacher_column: str, widths: set[i
     if not isinstance(logits, (list, tuple)) or not logits:
         problem = f"are {logits!r}, expected a non-empty list of numbers. Label every pair with"
     else:
-        bad = [x for x in logits if not is_number(x)]
+        bad = [x for x in logits if not (is_number(x) and abs(x) <= MAX_LABEL_MAGNITUDE)]
         if bad:
-            problem = f"{logits!r} hold {bad[0]!r}, expected finite numbers. Label the pair again with"
+            problem = f"{logits!r} hold {bad[0]!r}, expected finite numbers within +-{MAX_LABEL_MAGNITUDE:g}. "
+            problem += "Label the pair again with"
     if problem:
         raise ValueError(
             f"Row {row}: the teacher logits ({teacher_column!r}) {problem} st_dse.label_with_teacher(...)."
