@@ -2,8 +2,9 @@
 (student shortlist, teacher re-ranking) keeps.
 
 Queries are dev first sentences (200 by default, or all when fewer), the candidates every distinct dev second
-sentence; the teacher scores every query x candidate pair (cached, like training labels, so a second run costs no
-teacher time), each student scores the same grid with its PairHead. Reports overlap@10, NDCG@10 under the teacher's
+sentence (--max-candidates: the queries' gold partners and a random draw of the others, for large dev sets); the
+teacher scores every query x candidate pair (cached, like training labels, so a second run costs no teacher time),
+each student scores the same grid with its PairHead. Reports overlap@10, NDCG@10 under the teacher's
 scores and extrapolated RBO (p=0.9) of the top-10 lists, each with a bootstrap 95% interval over queries (see
 ``evaluation/ranking_fidelity.py``).
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
-    queries, candidates = ranking_grid(dev_pairs(args), args.queries, args.seed)
+    queries, candidates = ranking_grid(dev_pairs(args), args.queries, args.seed, max_candidates=args.max_candidates)
     exclude = np.array([[query == candidate for candidate in candidates] for query in queries])
     logger.info("%d queries x %d candidates", len(queries), len(candidates))
     start = time.perf_counter()
@@ -212,6 +213,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--data-dir", help="local task data (default: $ST_DSE_DATA_DIR, else the Hub)")
     parser.add_argument("--queries", type=int_at_least(1), default=200, help="dev first sentences used as queries")
+    parser.add_argument(
+        "--max-candidates",
+        type=int_at_least(11),
+        help="at most this many candidates: the queries' gold partners and a random draw of the other dev second "
+        "sentences (default: every one)",
+    )
     parser.add_argument("--k", type=int_at_least(1), default=10, help="the cut-off of overlap@k, NDCG@k and RBO@k")
     parser.add_argument(
         "--shortlists",

@@ -33,14 +33,18 @@ def ranking_grid(
     seed: int = 0,
     sentence1_column: str = "sentence1",
     sentence2_column: str = "sentence2",
+    max_candidates: int | None = None,
 ) -> tuple[list[str], list[str]]:
     """Queries and a shared candidate pool from a set of pairs.
 
     Queries: ``num_queries`` distinct first sentences, drawn at random (``seed``). Candidates: every distinct second
-    sentence of the dataset, so each query's gold partner is among them. A query is never its own candidate.
+    sentence of the dataset, so each query's gold partner is among them; with ``max_candidates``, the queries' gold
+    partners and a random draw of the other second sentences, ``max_candidates`` in all (in the dataset's order). A
+    query is never its own candidate.
 
     Raises:
-        ValueError: ``num_queries`` < 1, or fewer than 11 distinct candidates (nothing to rank).
+        ValueError: ``num_queries`` < 1, fewer than 11 distinct candidates (nothing to rank), or ``max_candidates``
+            below the number of the queries' gold partners.
     """
     if isinstance(num_queries, bool) or not isinstance(num_queries, int) or num_queries < 1:
         raise ValueError(f"num_queries must be an integer >= 1, got {num_queries!r}.")
@@ -48,8 +52,20 @@ def ranking_grid(
     candidates = list(dict.fromkeys(dataset[sentence2_column]))
     if len(candidates) < 11:
         raise ValueError(f"Only {len(candidates)} distinct candidates: a ranking needs more than 10.")
-    order = np.random.default_rng(seed).permutation(len(firsts))[: min(num_queries, len(firsts))]
-    return [firsts[i] for i in sorted(order)], candidates
+    rng = np.random.default_rng(seed)
+    queries = [firsts[i] for i in sorted(rng.permutation(len(firsts))[: min(num_queries, len(firsts))])]
+    if max_candidates is None or max_candidates >= len(candidates):
+        return queries, candidates
+    chosen = set(queries)
+    keep = {second for first, second in zip(dataset[sentence1_column], dataset[sentence2_column]) if first in chosen}
+    if max_candidates < max(len(keep), 11):
+        raise ValueError(
+            f"max_candidates={max_candidates} is below the {len(keep)} gold partners of the {len(queries)} queries "
+            "(or 11, the least a ranking needs): raise the candidate limit or draw fewer queries."
+        )
+    others = [candidate for candidate in candidates if candidate not in keep]
+    keep |= {others[i] for i in rng.permutation(len(others))[: max_candidates - len(keep)]}
+    return queries, [candidate for candidate in candidates if candidate in keep]
 
 
 def student_grid(

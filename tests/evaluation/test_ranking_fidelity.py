@@ -75,6 +75,26 @@ def test_grid_queries_are_distinct_first_sentences_and_candidates_every_second()
         ranking_grid(pairs.select(range(10)), 3)
 
 
+def test_grid_candidate_limit_keeps_every_gold_partner_and_draws_the_rest():
+    pairs = datasets.Dataset.from_dict(
+        {
+            "sentence1": [f"q{i % 8}" for i in range(40)],
+            "sentence2": [f"c{i}" for i in range(40)],
+        }
+    )
+    queries, everything = ranking_grid(pairs, num_queries=3, seed=1)
+    limited_queries, candidates = ranking_grid(pairs, 3, seed=1, max_candidates=25)
+    partners = {f"c{i}" for i in range(40) if f"q{i % 8}" in queries}
+    assert limited_queries == queries and len(partners) == 15
+    assert len(candidates) == 25 and partners <= set(candidates)
+    assert candidates == [candidate for candidate in everything if candidate in candidates]  # the dataset's order
+    assert ranking_grid(pairs, 3, seed=1, max_candidates=25) == (queries, candidates)
+    assert ranking_grid(pairs, 3, seed=2, max_candidates=25)[1] != candidates
+    assert ranking_grid(pairs, 3, seed=1, max_candidates=40)[1] == everything
+    with pytest.raises(ValueError, match="below the 15 gold partners of the 3 queries"):
+        ranking_grid(pairs, 3, seed=1, max_candidates=14)
+
+
 def test_student_grid_is_the_heads_score_of_every_pair(tmp_path, minilm_path):
     torch.manual_seed(0)
     student = st_dse.build_student(str(build_tiny_encoder(tmp_path / "tiny", minilm_path)), hidden_dim=8)
