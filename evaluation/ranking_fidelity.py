@@ -48,8 +48,8 @@ def ranking_grid(
     """
     if isinstance(num_queries, bool) or not isinstance(num_queries, int) or num_queries < 1:
         raise ValueError(f"num_queries must be an integer >= 1, got {num_queries!r}.")
-    firsts = list(dict.fromkeys(dataset[sentence1_column]))
-    candidates = list(dict.fromkeys(dataset[sentence2_column]))
+    column1, column2 = list(dataset[sentence1_column]), list(dataset[sentence2_column])
+    firsts, candidates = list(dict.fromkeys(column1)), list(dict.fromkeys(column2))
     if len(candidates) < 11:
         raise ValueError(f"Only {len(candidates)} distinct candidates: a ranking needs more than 10.")
     rng = np.random.default_rng(seed)
@@ -57,7 +57,7 @@ def ranking_grid(
     if max_candidates is None or max_candidates >= len(candidates):
         return queries, candidates
     chosen = set(queries)
-    keep = {second for first, second in zip(dataset[sentence1_column], dataset[sentence2_column]) if first in chosen}
+    keep = {second for first, second in zip(column1, column2) if first in chosen}
     if max_candidates < max(len(keep), 11):
         raise ValueError(
             f"max_candidates={max_candidates} is below the {len(keep)} gold partners of the {len(queries)} queries "
