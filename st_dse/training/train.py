@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -67,7 +68,14 @@ def _process_group() -> tuple[int, int]:
         return 0, 1
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(_end_process_group)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _end_process_group() -> None:
+    """Joins the group's threads at exit: a gloo group left to the interpreter's teardown can abort the process."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -155,6 +155,8 @@ SYNC_SCRIPT = textwrap.dedent(
         with open(f"{output_dir}/sync.json", "w") as f:
             json.dump({"world_size": dist.get_world_size(), "checksums": gathered,
                        "head_type": head.head_type}, f)
+    dist.barrier()
+    dist.destroy_process_group()  # a gloo group left to the interpreter's teardown can abort a rank at exit
     """
 )
 
